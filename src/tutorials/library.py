@@ -1,0 +1,126 @@
+"""The library face: the tutorial's `save_tutorial` and friends, on the default database.
+
+Each call is one unit of work on the process's default database (built lazily from settings on
+first use). To work inside a transaction of your own, open `get_session()` and call the
+`tutorials.repository` functions with that session instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tutorials import repository
+from tutorials.db.session import default_database
+from tutorials.errors import NotFound
+from tutorials.models import Tutorial
+from tutorials.repository import Page
+from tutorials.schemas import (
+    TutorialCreate,
+    TutorialPatch,
+    check_id,
+    check_query,
+    check_tags,
+    invalid_input,
+)
+
+
+def creation_values(tutorial: Tutorial | TutorialCreate) -> dict[str, Any]:
+    """Validate a new tutorial's fields the same way every face does; the values to insert."""
+    if isinstance(tutorial, Tutorial):
+        fields = {
+            "name": tutorial.name,
+            "url": tutorial.url,
+            "description": tutorial.description,
+            "tags": tutorial.tags if tutorial.tags is not None else [],
+        }
+        try:
+            tutorial = TutorialCreate.model_validate(fields)
+        except ValidationError as exc:
+            raise invalid_input(exc) from None
+    return tutorial.model_dump()
+
+
+async def save_tutorial(tutorial: Tutorial | TutorialCreate) -> Tutorial:
+    """Store a tutorial and return it as stored (with `tutorial_id`, timestamps, `version`).
+
+    A `Tutorial` that already has a `tutorial_id` is an update of that row; if it also carries
+    a `version`, the update only happens if the row is still at that version (`StaleVersion`
+    otherwise), so read-modify-save cannot silently overwrite someone else's change.
+    """
+    values = creation_values(tutorial)
+    database = await default_database()
+    existing_id = tutorial.tutorial_id if isinstance(tutorial, Tutorial) else None
+    if existing_id is None:
+        return await database.run(lambda session: repository.add(session, values))
+    tutorial_id = check_id(existing_id)
+    expected = tutorial.version if isinstance(tutorial, Tutorial) else None
+    return await database.run(
+        lambda session: repository.update(session, tutorial_id, values, expected_version=expected)
+    )
+
+
+async def get_tutorial(tutorial_id: int) -> Tutorial | None:
+    """The tutorial with this id, or None."""
+    check_id(tutorial_id)
+    database = await default_database()
+    return await database.run(lambda session: repository.get(session, tutorial_id))
+
+
+async def update_tutorial(
+    tutorial_id: int, patch: TutorialPatch, *, expected_version: int | None = None
+) -> Tutorial:
+    """Apply a partial update; `NotFound` / `StaleVersion` as the repository says."""
+    check_id(tutorial_id)
+    changes = patch.changes()
+    database = await default_database()
+
+    async def work(session: AsyncSession) -> Tutorial:
+        if not changes and expected_version is None:
+            found = await repository.get(session, tutorial_id)
+            if found is None:
+                raise NotFound(f"tutorial {tutorial_id} not found")
+            return found
+        return await repository.update(
+            session, tutorial_id, changes, expected_version=expected_version
+        )
+
+    return await database.run(work)
+
+
+async def delete_tutorial(tutorial_id: int, *, expected_version: int | None = None) -> bool:
+    """Delete a tutorial; True if it existed."""
+    check_id(tutorial_id)
+    database = await default_database()
+    return await database.run(
+        lambda session: repository.delete(session, tutorial_id, expected_version=expected_version)
+    )
+
+
+async def list_tutorials(
+    *, limit: int = repository.DEFAULT_PAGE, cursor: str | None = None, tags: Sequence[str] = ()
+) -> Page:
+    """One keyset page of tutorials, oldest first; pass `next_cursor` back for the next."""
+    tags = check_tags(tags)
+    database = await default_database()
+    return await database.run(
+        lambda session: repository.list_page(session, limit=limit, cursor=cursor, tags=tags)
+    )
+
+
+async def search_tutorials(
+    query: str,
+    *,
+    limit: int = repository.DEFAULT_PAGE,
+    cursor: str | None = None,
+    tags: Sequence[str] = (),
+) -> Page:
+    """Ranked full-text search; pass `next_cursor` back for the next page."""
+    query, tags = check_query(query), check_tags(tags)
+    database = await default_database()
+    return await database.run(
+        lambda session: repository.search(session, query, limit=limit, cursor=cursor, tags=tags)
+    )
