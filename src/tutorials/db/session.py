@@ -91,6 +91,25 @@ async def _shielded(cleanup: Awaitable[None]) -> None:
         raise
 
 
+async def connect(settings: Settings | None = None) -> Database:
+    """A new `Database` from settings: DATABASE_URL or the embedded server, migrated if asked.
+
+    Every face starts here: the API's lifespan, each CLI command, the library's first call.
+    The caller owns the result and disposes it.
+    """
+    settings = settings or get_settings()
+    database = Database.from_url(await aresolve_url(settings), settings)
+    if settings.auto_migrate:
+        from tutorials.db.migrate import upgrade
+
+        try:
+            await upgrade(database.engine)
+        except BaseException:
+            await database.dispose()
+            raise
+    return database
+
+
 _default: tuple[asyncio.AbstractEventLoop, Database] | None = None
 
 
@@ -104,12 +123,7 @@ async def default_database() -> Database:
     loop = asyncio.get_running_loop()
     if _default is not None and _default[0] is loop:
         return _default[1]
-    settings = get_settings()
-    database = Database.from_url(await aresolve_url(settings), settings)
-    if settings.auto_migrate:
-        from tutorials.db.migrate import upgrade
-
-        await upgrade(database.engine)
+    database = await connect()
     if _default is not None and _default[0] is loop:  # another task won the race
         await database.dispose()
         return _default[1]
