@@ -4,8 +4,8 @@ Three ways in:
 - `alembic ...` at the repository root: the URL comes from the app's settings (DATABASE_URL,
   or the embedded server), and the async engine runs the migrations;
 - `tutorials db ...` and the library: a URL in `config.attributes["url"]`;
-- `tutorials.db.migrate.upgrade()` / pytest-alembic: an open connection in
-  `config.attributes["connection"]`, whose owner commits.
+- `tutorials.db.migrate.upgrade()`: an open connection in `config.attributes["connection"]`,
+  whose owner commits; pytest-alembic puts an `AsyncEngine` there instead.
 Whatever the way, the migration transaction first takes a PostgreSQL advisory lock, so two
 processes upgrading at once run one after the other.
 """
@@ -18,7 +18,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tutorials.db.engine import resolve_url
 from tutorials.db.migrate import MIGRATION_LOCK_KEY
@@ -59,22 +59,23 @@ def do_run_migrations(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def run_async_migrations() -> None:
-    """Create an engine for this run only (NullPool) and run the migrations over it."""
-    connectable = create_async_engine(_url(), poolclass=pool.NullPool)
+async def run_async_migrations(connectable: AsyncEngine | None) -> None:
+    """Run the migrations over an engine given to us, or one made for this run (NullPool)."""
+    engine = connectable or create_async_engine(_url(), poolclass=pool.NullPool)
     try:
-        async with connectable.connect() as connection:
+        async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)
     finally:
-        await connectable.dispose()
+        if connectable is None:
+            await engine.dispose()
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is None:
-        asyncio.run(run_async_migrations())
-    else:
-        do_run_migrations(connection)
+    connectable = config.attributes.get("connection")
+    if isinstance(connectable, Connection):
+        do_run_migrations(connectable)
+    else:  # None, or an AsyncEngine (pytest-alembic hands over its engine this way)
+        asyncio.run(run_async_migrations(connectable))
 
 
 if context.is_offline_mode():

@@ -1,0 +1,1 @@
+"""Database access: the private embedded PostgreSQL server and friends."""
