@@ -10,53 +10,24 @@ shared between tests, and no test depends on another's order.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TypeVar
 
-import asyncpg
 import pytest
+from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+from tests.support import admin_execute, asyncpg_dsn, run_async
 
+from tutorials.db.migrate import alembic_config as packaged_alembic_config
 from tutorials.db.migrate import upgrade
 from tutorials.db.session import Database, close_default_database
 from tutorials.settings import Settings, get_settings, normalize_database_url
-
-T = TypeVar("T")
-
-
-def run_async(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion from sync code, in a thread with its own event loop.
-
-    Keeps fixture plumbing off the test's own loop (and works from sync tests too).
-    """
-
-    async def main() -> T:
-        return await make()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, main()).result()
-
-
-def asyncpg_dsn(url: URL) -> str:
-    """The plain libpq/asyncpg form of a SQLAlchemy URL (password included)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin(url: URL, *statements: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +53,7 @@ def server_url() -> Iterator[URL]:
 def template_name(server_url: URL) -> Iterator[str]:
     """A database at the migrations' head, copied for each test."""
     name = f"tutorials_template_{uuid.uuid4().hex[:12]}"
-    run_async(lambda: _admin(server_url, f'CREATE DATABASE "{name}"'))
+    run_async(lambda: admin_execute(server_url, f'CREATE DATABASE "{name}"'))
 
     async def migrate() -> None:
         database = Database.from_url(server_url.set(database=name), Settings())
@@ -93,17 +64,19 @@ def template_name(server_url: URL) -> Iterator[str]:
 
     run_async(migrate)
     yield name
-    run_async(lambda: _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_async(lambda: admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _fresh_database(server_url: URL, template: str | None) -> Iterator[URL]:
     name = f"tutorials_test_{uuid.uuid4().hex[:12]}"
     source = f' TEMPLATE "{template}"' if template else ""
-    run_async(lambda: _admin(server_url, f'CREATE DATABASE "{name}"{source}'))
+    run_async(lambda: admin_execute(server_url, f'CREATE DATABASE "{name}"{source}'))
     try:
         yield server_url.set(database=name)
     finally:
-        run_async(lambda: _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_async(
+            lambda: admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
 
 
 @pytest.fixture
@@ -160,3 +133,17 @@ async def library_env(database_env: URL) -> AsyncIterator[URL]:
     """`database_env` for async library tests: also disposes the default database afterwards."""
     yield database_env
     await close_default_database()
+
+
+@pytest.fixture
+def alembic_config() -> AlembicConfig:
+    """pytest-alembic's built-in tests run the packaged migrations..."""
+    return packaged_alembic_config()
+
+
+@pytest.fixture
+def alembic_engine(empty_database_url: URL) -> Iterator[AsyncEngine]:
+    """...on an empty database of their own."""
+    engine = create_async_engine(empty_database_url, poolclass=NullPool)
+    yield engine
+    run_async(engine.dispose)

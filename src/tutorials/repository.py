@@ -164,7 +164,7 @@ async def search(
                 ),
             )
         )
-    rows = list((await session.execute(statement)).tuples().all())
+    rows = list((await session.execute(statement)).all())
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

@@ -1,0 +1,87 @@
+"""The library face, used exactly as the tutorial does, on the default database."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import URL
+
+from tutorials import (
+    Conflict,
+    InvalidInput,
+    StaleVersion,
+    Tutorial,
+    TutorialCreate,
+    TutorialPatch,
+    delete_tutorial,
+    get_session,
+    get_tutorial,
+    list_tutorials,
+    save_tutorial,
+    search_tutorials,
+    update_tutorial,
+)
+
+
+async def test_the_tutorial_flow(library_env: URL, dsn: str) -> None:
+    saved = await save_tutorial(Tutorial(name="Async SQLAlchemy"))
+    assert saved.tutorial_id is not None
+    found = await get_tutorial(saved.tutorial_id)
+    assert found is not None and found.name == "Async SQLAlchemy"
+    connection = await asyncpg.connect(dsn)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM tutorials") == 1
+        assert await delete_tutorial(saved.tutorial_id) is True
+        assert await connection.fetchval("SELECT count(*) FROM tutorials") == 0
+    finally:
+        await connection.close()
+    assert await delete_tutorial(saved.tutorial_id) is False
+    assert await get_tutorial(saved.tutorial_id) is None
+
+
+async def test_get_session_commits_and_rolls_back(library_env: URL) -> None:
+    async with get_session() as session:
+        session.add(Tutorial(name="via session"))
+    with pytest.raises(RuntimeError):
+        async with get_session() as session:
+            session.add(Tutorial(name="rolled back"))
+            await session.flush()
+            raise RuntimeError("boom")
+    async with get_session() as session:
+        names = (await session.scalars(select(Tutorial.name))).all()
+    assert names == ["via session"]
+
+
+async def test_save_validates_and_maps_conflicts(library_env: URL) -> None:
+    with pytest.raises(InvalidInput, match="name"):
+        await save_tutorial(Tutorial(name="   "))
+    with pytest.raises(InvalidInput, match="url"):
+        await save_tutorial(Tutorial(name="ok", url="ftp://x"))
+    await save_tutorial(TutorialCreate(name="first", url="https://same.io"))
+    with pytest.raises(Conflict, match="url already exists"):
+        await save_tutorial(Tutorial(name="second", url="https://same.io"))
+
+
+async def test_save_of_a_stored_tutorial_updates_it_once(library_env: URL) -> None:
+    saved = await save_tutorial(Tutorial(name="v1"))
+    saved.name = "v2"
+    again = await save_tutorial(saved)
+    assert (again.tutorial_id, again.name, again.version) == (saved.tutorial_id, "v2", 2)
+    with pytest.raises(StaleVersion):
+        await save_tutorial(saved)  # still carries version 1
+
+
+async def test_update_list_and_search(library_env: URL) -> None:
+    a = await save_tutorial(TutorialCreate(name="Async PostgreSQL", tags=["db"]))
+    await save_tutorial(TutorialCreate(name="Gardening", tags=["outdoors"]))
+    updated = await update_tutorial(
+        a.tutorial_id, TutorialPatch(description="asyncpg in depth"), expected_version=1
+    )
+    assert updated.description == "asyncpg in depth"
+    assert [t.name for t in (await list_tutorials(tags=["DB"])).items] == ["Async PostgreSQL"]
+    assert [t.name for t in (await search_tutorials("asyncpg")).items] == ["Async PostgreSQL"]
+    with pytest.raises(InvalidInput):
+        await get_tutorial(2**63)
+    with pytest.raises(InvalidInput):
+        await search_tutorials("bad\x00query")

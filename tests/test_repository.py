@@ -1,0 +1,157 @@
+"""The repository against a real database: one statement per write, keyset pages, search."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tutorials import repository
+from tutorials.db.session import Database
+from tutorials.errors import InvalidInput, NotFound, StaleVersion
+from tutorials.models import Tutorial
+
+
+async def _add(session: AsyncSession, name: str, **values: object) -> Tutorial:
+    return await repository.add(session, {"name": name, **values})
+
+
+async def test_add_returns_the_stored_row(session: AsyncSession, dsn: str) -> None:
+    saved = await _add(session, "Async SQLAlchemy", url="https://a.io", tags=["python"])
+    assert saved.tutorial_id >= 1
+    assert saved.version == 1
+    assert saved.created_at == saved.updated_at
+    await session.commit()
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(
+            "SELECT name, url, tags, version FROM tutorials WHERE tutorial_id = $1",
+            saved.tutorial_id,
+        )
+    finally:
+        await connection.close()
+    assert dict(row) == {
+        "name": "Async SQLAlchemy",
+        "url": "https://a.io",
+        "tags": ["python"],
+        "version": 1,
+    }
+
+
+async def test_get_and_get_by_url(session: AsyncSession) -> None:
+    saved = await _add(session, "one", url="https://one.io")
+    assert (await repository.get(session, saved.tutorial_id)) is saved
+    found = await repository.get_by_url(session, "https://one.io")
+    assert found is not None and found.tutorial_id == saved.tutorial_id
+    assert await repository.get(session, saved.tutorial_id + 1000) is None
+    assert await repository.get_by_url(session, "https://none.io") is None
+
+
+async def test_update_bumps_version_and_checks_expected(session: AsyncSession) -> None:
+    saved = await _add(session, "before")
+    updated = await repository.update(
+        session, saved.tutorial_id, {"name": "after"}, expected_version=1
+    )
+    assert (updated.name, updated.version) == ("after", 2)
+    with pytest.raises(StaleVersion) as caught:
+        await repository.update(session, saved.tutorial_id, {"name": "x"}, expected_version=1)
+    assert caught.value.current_version == 2
+    with pytest.raises(NotFound):
+        await repository.update(session, saved.tutorial_id + 1000, {"name": "x"})
+
+
+async def test_delete(session: AsyncSession) -> None:
+    saved = await _add(session, "doomed")
+    with pytest.raises(StaleVersion):
+        await repository.delete(session, saved.tutorial_id, expected_version=7)
+    assert await repository.delete(session, saved.tutorial_id, expected_version=1)
+    assert not await repository.delete(session, saved.tutorial_id)
+    assert not await repository.delete(session, saved.tutorial_id, expected_version=1)
+
+
+async def test_keyset_pages_cover_everything_once(database: Database) -> None:
+    async with database.session() as session:
+        for index in range(25):
+            await _add(session, f"t{index}", tags=["even" if index % 2 == 0 else "odd"])
+    seen: list[int] = []
+    cursor: str | None = None
+    while True:
+        async with database.session() as session:
+            page = await repository.list_page(session, limit=7, cursor=cursor)
+            if cursor is None:  # rows inserted after the first page must not shift pages
+                await _add(session, "late arrival")
+        seen += [t.tutorial_id for t in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == sorted(seen)
+    assert len(seen) == len(set(seen)) == 26
+
+
+async def test_tag_filter_uses_containment(session: AsyncSession) -> None:
+    await _add(session, "a", tags=["python", "sql"])
+    await _add(session, "b", tags=["python"])
+    await _add(session, "c", tags=["rust"])
+    both = await repository.list_page(session, tags=["python", "sql"])
+    assert [t.name for t in both.items] == ["a"]
+    python = await repository.list_page(session, tags=["python"])
+    assert [t.name for t in python.items] == ["a", "b"]
+
+
+async def test_search_ranks_name_over_description(session: AsyncSession) -> None:
+    await _add(session, "Cooking pasta", description="nothing about databases")
+    await _add(session, "PostgreSQL indexes", description="btree and gin")
+    await _add(session, "Python basics", description="uses postgresql a little")
+    await _add(session, "Unrelated")
+    page = await repository.search(session, "postgresql")
+    assert [t.name for t in page.items] == ["PostgreSQL indexes", "Python basics"]
+    tagged = await _add(session, "Tagged one", tags=["postgresql"])
+    page = await repository.search(session, "postgresql", tags=["postgresql"])
+    assert [t.tutorial_id for t in page.items] == [tagged.tutorial_id]
+
+
+async def test_search_pages_are_disjoint_and_ordered(session: AsyncSession) -> None:
+    for index in range(12):
+        await _add(session, f"async {index}", description="async " * (index % 4))
+    names: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await repository.search(session, "async", limit=5, cursor=cursor)
+        names += [t.name for t in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sorted(names) == sorted(f"async {i}" for i in range(12))
+    full = await repository.search(session, "async", limit=100)
+    assert names == [t.name for t in full.items]
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "garbage",
+        "WyJ4IiwxXQ",
+        "WyJpIiwiMSJd",
+        "WyJpIiwtMV0",
+        "WyJpIiw5OTk5OTk5OTk5OTk5OTk5OTk5OV0",
+    ],
+)
+async def test_forged_cursors_are_invalid_input(session: AsyncSession, cursor: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid cursor"):
+        await repository.list_page(session, cursor=cursor)
+
+
+async def test_list_cursor_is_not_a_search_cursor(session: AsyncSession) -> None:
+    for index in range(3):
+        await _add(session, f"async {index}")
+    page = await repository.list_page(session, limit=1)
+    assert page.next_cursor is not None
+    with pytest.raises(InvalidInput):
+        await repository.search(session, "async", cursor=page.next_cursor)
+
+
+@pytest.mark.parametrize("limit", [0, 101, -5])
+async def test_limits_are_bounded(session: AsyncSession, limit: int) -> None:
+    with pytest.raises(InvalidInput):
+        await repository.list_page(session, limit=limit)
