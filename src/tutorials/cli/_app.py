@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import NoReturn, ParamSpec, TypeVar
@@ -124,18 +123,9 @@ def to_read(tutorial: Tutorial) -> TutorialRead:
     return TutorialRead.model_validate(tutorial)
 
 
-def print_json(value: BaseModel | Iterable[BaseModel] | dict[str, object]) -> None:
+def print_json(value: BaseModel) -> None:
     """Machine output: the model's column names, ISO timestamps, one JSON document."""
-    if isinstance(value, BaseModel):
-        data: object = value.model_dump(mode="json")
-    elif isinstance(value, dict):
-        data = {
-            key: item.model_dump(mode="json") if isinstance(item, BaseModel) else item
-            for key, item in value.items()
-        }
-    else:
-        data = [item.model_dump(mode="json") for item in value]
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.write(value.model_dump_json(indent=2) + "\n")
 
 
 def print_table(tutorials: Iterable[TutorialRead]) -> None:

@@ -28,6 +28,7 @@ from tutorials.repository import Page
 from tutorials.schemas import (
     PAGE_MAX,
     TutorialCreate,
+    TutorialPage,
     TutorialPatch,
     TutorialRead,
     check_id,
@@ -185,7 +186,7 @@ def _show(item: TutorialRead, as_json: bool) -> None:
 def _show_page(page: Page, as_json: bool) -> None:
     items = [to_read(t) for t in page.items]
     if as_json:
-        print_json({"items": items, "next_cursor": page.next_cursor})
+        print_json(TutorialPage(items=items, next_cursor=page.next_cursor))
         return
     print_table(items)
     if page.next_cursor:
