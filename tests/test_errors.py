@@ -144,3 +144,19 @@ async def _seed(database: Database, rows: int = 1) -> None:
             await session.execute(
                 text("INSERT INTO tutorials (name) VALUES (:name)"), {"name": f"seed {index}"}
             )
+
+
+async def test_missing_database_and_bad_login_are_unavailable(
+    database_url: URL, settings: Settings
+) -> None:
+    for url in (
+        database_url.set(database="tutorials_no_such_database"),
+        database_url.set(username="no_such_role_for_tutorials"),
+    ):
+        database = Database.from_url(url, settings)
+        try:
+            with pytest.raises(Unavailable):
+                async with database.session() as session:
+                    await session.execute(text("SELECT 1"))
+        finally:
+            await database.dispose()

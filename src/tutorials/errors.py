@@ -87,6 +87,9 @@ for _rule in (
         "the database is unavailable",
         frozenset({"57P01", "57P02", "57P03", "25006", "53300", "53000", "55000"}),
     ),
+    # Misconfiguration seen from the client: nothing the request can fix, so 503 / exit 5.
+    _Rule(Unavailable, "cannot authenticate to the database", frozenset({"28P01", "28000"})),
+    _Rule(Unavailable, "the configured database does not exist", frozenset({"3D000"})),
 ):
     for _code in _rule.codes:
         _RULES_BY_CODE[_code] = _rule
