@@ -10,6 +10,7 @@ from sqlalchemy.engine import URL
 from tutorials import (
     Conflict,
     InvalidInput,
+    NotFound,
     StaleVersion,
     Tutorial,
     TutorialCreate,
@@ -85,3 +86,35 @@ async def test_update_list_and_search(library_env: URL) -> None:
         await get_tutorial(2**63)
     with pytest.raises(InvalidInput):
         await search_tutorials("bad\x00query")
+
+
+async def test_update_and_delete_tell_missing_from_stale(library_env: URL) -> None:
+    saved = await save_tutorial(TutorialCreate(name="versioned"))
+    with pytest.raises(NotFound):
+        await update_tutorial(saved.tutorial_id + 1000, TutorialPatch(name="x"))
+    with pytest.raises(NotFound):
+        await update_tutorial(saved.tutorial_id + 1000, TutorialPatch())
+    unchanged = await update_tutorial(saved.tutorial_id, TutorialPatch())
+    assert (unchanged.name, unchanged.version) == ("versioned", 1)
+    with pytest.raises(StaleVersion) as caught:
+        await delete_tutorial(saved.tutorial_id, expected_version=5)
+    assert caught.value.current_version == 1
+    assert await delete_tutorial(saved.tutorial_id, expected_version=1) is True
+
+
+async def test_pages_through_everything_once(library_env: URL) -> None:
+    for index in range(7):
+        await save_tutorial(TutorialCreate(name=f"async {index}", tags=["t"]))
+    for listing in (
+        lambda cursor: list_tutorials(limit=3, cursor=cursor, tags=["t"]),
+        lambda cursor: search_tutorials("async", limit=3, cursor=cursor),
+    ):
+        seen: list[int] = []
+        cursor: str | None = None
+        while True:
+            page = await listing(cursor)
+            seen += [t.tutorial_id for t in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen)) == 7

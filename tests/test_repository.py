@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import pytest
+from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tutorials import repository
 from tutorials.db.session import Database
 from tutorials.errors import InvalidInput, NotFound, StaleVersion
 from tutorials.models import Tutorial
+from tutorials.schemas import TutorialRead
 
 
 async def _add(session: AsyncSession, name: str, **values: object) -> Tutorial:
@@ -155,3 +159,163 @@ async def test_list_cursor_is_not_a_search_cursor(session: AsyncSession) -> None
 async def test_limits_are_bounded(session: AsyncSession, limit: int) -> None:
     with pytest.raises(InvalidInput):
         await repository.list_page(session, limit=limit)
+
+
+# --- The same statements on the fast path: an asyncpg connection from `Database.fast`. ---
+
+
+async def test_fast_add_returns_a_detached_tutorial_the_orm_accepts(
+    database: Database, dsn: str
+) -> None:
+    saved = await database.fast(
+        lambda c: repository.add(c, {"name": "fast", "url": "https://fast.io", "tags": ["x"]})
+    )
+    assert isinstance(saved, Tutorial)
+    assert (saved.name, saved.url, saved.tags, saved.version) == (
+        "fast",
+        "https://fast.io",
+        ["x"],
+        1,
+    )
+    assert saved.created_at == saved.updated_at and saved.created_at.tzinfo is not None
+    state = inspect(saved)
+    assert state.detached and state.key == (Tutorial, (saved.tutorial_id,), None)
+    # Like an object loaded by a session that has closed: changing it and adding it to a
+    # session updates the row (it is not inserted again).
+    saved.name = "changed"
+    async with database.session() as session:
+        session.add(saved)
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT tutorial_id, name FROM tutorials")
+    finally:
+        await connection.close()
+    assert [tuple(row) for row in rows] == [(saved.tutorial_id, "changed")]
+
+
+async def test_fast_and_orm_return_the_same_rows(database: Database) -> None:
+    async with database.session() as session:
+        stored = await _add(session, "same", url="https://same.io", description="d", tags=["a"])
+    fast = await database.fast(lambda c: repository.get(c, stored.tutorial_id))
+    by_url = await database.fast(lambda c: repository.get_by_url(c, "https://same.io"))
+    assert fast is not None and by_url is not None
+    for found in (fast, by_url):
+        assert TutorialRead.model_validate(found) == TutorialRead.model_validate(stored)
+    assert await database.fast(lambda c: repository.get(c, stored.tutorial_id + 1000)) is None
+    assert await database.fast(lambda c: repository.get_by_url(c, "https://none.io")) is None
+    assert await database.fast(repository.count) == 1
+
+
+async def test_fast_update_bumps_version_and_checks_expected(database: Database) -> None:
+    saved = await database.fast(lambda c: repository.add(c, {"name": "before"}))
+    updated = await database.fast(
+        lambda c: repository.update(
+            c, saved.tutorial_id, {"name": "after", "version": 99}, expected_version=1
+        )
+    )
+    assert (updated.name, updated.version) == ("after", 2)
+    assert updated.updated_at > saved.updated_at
+    with pytest.raises(StaleVersion) as caught:
+        await database.fast(
+            lambda c: repository.update(c, saved.tutorial_id, {"name": "x"}, expected_version=1)
+        )
+    assert caught.value.current_version == 2
+    with pytest.raises(NotFound):
+        await database.fast(lambda c: repository.update(c, saved.tutorial_id + 1000, {}))
+    unversioned = await database.fast(
+        lambda c: repository.update(c, saved.tutorial_id, {"description": None, "tags": []})
+    )
+    assert (unversioned.name, unversioned.version, unversioned.tags) == ("after", 3, [])
+
+
+async def test_fast_delete(database: Database) -> None:
+    saved = await database.fast(lambda c: repository.add(c, {"name": "doomed"}))
+    with pytest.raises(StaleVersion):
+        await database.fast(lambda c: repository.delete(c, saved.tutorial_id, expected_version=7))
+    assert await database.fast(
+        lambda c: repository.delete(c, saved.tutorial_id, expected_version=1)
+    )
+    assert not await database.fast(lambda c: repository.delete(c, saved.tutorial_id))
+    assert not await database.fast(
+        lambda c: repository.delete(c, saved.tutorial_id, expected_version=1)
+    )
+
+
+async def test_fast_refuses_unknown_columns(database: Database) -> None:
+    with pytest.raises(ValueError, match="not columns"):
+        await database.fast(lambda c: repository.add(c, {"name": "x", "name; --": "y"}))
+
+
+async def _pages(
+    database: Database, fast: bool, limit: int, **kwargs: object
+) -> list[tuple[list[int], str | None]]:
+    """Every page of a listing (or a search, with `query=`), on one path or the other."""
+    pages: list[tuple[list[int], str | None]] = []
+    cursor: str | None = None
+    query = kwargs.pop("query", None)
+
+    async def one(executor: Any) -> repository.Page:
+        if query is None:
+            return await repository.list_page(executor, limit=limit, cursor=cursor, **kwargs)
+        return await repository.search(executor, query, limit=limit, cursor=cursor, **kwargs)
+
+    while True:
+        if fast:
+            page = await database.fast(one)
+        else:
+            async with database.session() as session:
+                page = await one(session)
+        pages.append(([t.tutorial_id for t in page.items], page.next_cursor))
+        cursor = page.next_cursor
+        if cursor is None:
+            return pages
+
+
+async def test_fast_pages_and_searches_match_the_orm_ones(database: Database) -> None:
+    async with database.session() as session:
+        for index in range(23):
+            await _add(
+                session,
+                f"async {index}" if index % 3 else f"other {index}",
+                description="async " * (index % 5),
+                tags=["even" if index % 2 == 0 else "odd", "all"],
+            )
+    cases: list[dict[str, object]] = [
+        {},
+        {"tags": ["even"]},
+        {"tags": ["even", "all"]},
+        {"query": "async"},
+        {"query": "async", "tags": ["odd"]},
+        {"query": "nothing matches this"},
+    ]
+    for case in cases:
+        for limit in (1, 4, 100):
+            orm = await _pages(database, False, limit, **dict(case))
+            fast = await _pages(database, True, limit, **dict(case))
+            assert fast == orm, (case, limit)
+    evens = await _pages(database, True, 100, tags=["even"])
+    assert len(evens[0][0]) == 12
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "garbage",
+        "WyJ4IiwxXQ",
+        "WyJpIiwiMSJd",
+        "WyJpIiwtMV0",
+        "WyJpIiw5OTk5OTk5OTk5OTk5OTk5OTk5OV0",
+    ],
+)
+async def test_fast_forged_cursors_are_invalid_input(database: Database, cursor: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid cursor"):
+        await database.fast(lambda c: repository.list_page(c, cursor=cursor))
+    with pytest.raises(InvalidInput, match="invalid cursor"):
+        await database.fast(lambda c: repository.search(c, "x", cursor=cursor))
+
+
+@pytest.mark.parametrize("limit", [0, 101, -5])
+async def test_fast_limits_are_bounded(database: Database, limit: int) -> None:
+    with pytest.raises(InvalidInput):
+        await database.fast(lambda c: repository.list_page(c, limit=limit))

@@ -1,17 +1,19 @@
 """The library face: the tutorial's `save_tutorial` and friends, on the default database.
 
 Each call is one unit of work on the process's default database (built lazily from settings on
-first use). To work inside a transaction of your own, open `get_session()` and call the
+first use), validated first, then run on the fast path (`Database.fast`): every call here is
+one statement in autocommit — one round trip, committed before the call returns — plus, for an
+update or a versioned delete that matched nothing, one read to say whether the row is missing
+or stale. To work inside a transaction of your own, open `get_session()` and call the
 `tutorials.repository` functions with that session instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from tutorials import repository
 from tutorials.db.session import default_database
@@ -26,6 +28,9 @@ from tutorials.schemas import (
     check_tags,
     invalid_input,
 )
+
+if TYPE_CHECKING:
+    from tutorials.db.session import Connection
 
 
 def creation_values(tutorial: Tutorial | TutorialCreate) -> dict[str, Any]:
@@ -55,11 +60,13 @@ async def save_tutorial(tutorial: Tutorial | TutorialCreate) -> Tutorial:
     database = await default_database()
     existing_id = tutorial.tutorial_id if isinstance(tutorial, Tutorial) else None
     if existing_id is None:
-        return await database.run(lambda session: repository.add(session, values))
+        return await database.fast(lambda connection: repository.add(connection, values))
     tutorial_id = check_id(existing_id)
     expected = tutorial.version if isinstance(tutorial, Tutorial) else None
-    return await database.run(
-        lambda session: repository.update(session, tutorial_id, values, expected_version=expected)
+    return await database.fast(
+        lambda connection: repository.update(
+            connection, tutorial_id, values, expected_version=expected
+        )
     )
 
 
@@ -67,7 +74,9 @@ async def get_tutorial(tutorial_id: int) -> Tutorial | None:
     """The tutorial with this id, or None."""
     check_id(tutorial_id)
     database = await default_database()
-    return await database.run(lambda session: repository.get(session, tutorial_id))
+    return await database.fast(
+        lambda connection: repository.get(connection, tutorial_id), idempotent=True
+    )
 
 
 async def update_tutorial(
@@ -78,25 +87,30 @@ async def update_tutorial(
     changes = patch.changes()
     database = await default_database()
 
-    async def work(session: AsyncSession) -> Tutorial:
-        if not changes and expected_version is None:
-            found = await repository.get(session, tutorial_id)
-            if found is None:
-                raise NotFound(f"tutorial {tutorial_id} not found")
-            return found
+    if not changes and expected_version is None:
+        found = await database.fast(
+            lambda connection: repository.get(connection, tutorial_id), idempotent=True
+        )
+        if found is None:
+            raise NotFound(f"tutorial {tutorial_id} not found")
+        return found
+
+    async def work(connection: Connection) -> Tutorial:
         return await repository.update(
-            session, tutorial_id, changes, expected_version=expected_version
+            connection, tutorial_id, changes, expected_version=expected_version
         )
 
-    return await database.run(work)
+    return await database.fast(work)
 
 
 async def delete_tutorial(tutorial_id: int, *, expected_version: int | None = None) -> bool:
     """Delete a tutorial; True if it existed."""
     check_id(tutorial_id)
     database = await default_database()
-    return await database.run(
-        lambda session: repository.delete(session, tutorial_id, expected_version=expected_version)
+    return await database.fast(
+        lambda connection: repository.delete(
+            connection, tutorial_id, expected_version=expected_version
+        )
     )
 
 
@@ -106,8 +120,9 @@ async def list_tutorials(
     """One keyset page of tutorials, oldest first; pass `next_cursor` back for the next."""
     tags = check_tags(tags)
     database = await default_database()
-    return await database.run(
-        lambda session: repository.list_page(session, limit=limit, cursor=cursor, tags=tags)
+    return await database.fast(
+        lambda connection: repository.list_page(connection, limit=limit, cursor=cursor, tags=tags),
+        idempotent=True,
     )
 
 
@@ -121,6 +136,9 @@ async def search_tutorials(
     """Ranked full-text search; pass `next_cursor` back for the next page."""
     query, tags = check_query(query), check_tags(tags)
     database = await default_database()
-    return await database.run(
-        lambda session: repository.search(session, query, limit=limit, cursor=cursor, tags=tags)
+    return await database.fast(
+        lambda connection: repository.search(
+            connection, query, limit=limit, cursor=cursor, tags=tags
+        ),
+        idempotent=True,
     )

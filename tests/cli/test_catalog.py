@@ -8,9 +8,9 @@ import json
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL
+from tests.support import run_async
 from typer.testing import CliRunner
 
-from tests.support import run_async
 from tutorials.cli import app
 from tutorials.cli._app import EXIT_CONFLICT, EXIT_INVALID, EXIT_NOT_FOUND
 

@@ -7,12 +7,20 @@ import asyncio
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import QueuePool
 
 from tutorials import repository
 from tutorials.db.session import Database
-from tutorials.errors import Conflict, RetryableConflict
+from tutorials.errors import (
+    Conflict,
+    InvalidInput,
+    RetryableConflict,
+    Timeout,
+    Unavailable,
+)
+from tutorials.settings import Settings
 
 
 async def _count(dsn: str) -> int:
@@ -118,3 +126,217 @@ async def test_concurrent_units_of_work_use_separate_sessions(database: Database
     assert len(set(ids)) == 40
     assert await _count(dsn) == 40
     assert _checked_out(database) == 0
+
+
+# --- Database.fast: one statement in autocommit on a connection from the same pool. ---
+
+
+async def test_fast_commits_each_statement_before_returning(database: Database, dsn: str) -> None:
+    saved = await database.fast(lambda c: repository.add(c, {"name": "durable"}))
+    assert await _count(dsn) == 1
+    assert saved.tutorial_id >= 1
+    assert _checked_out(database) == 0
+
+
+async def test_fast_database_errors_leave_as_domain_errors(database: Database, dsn: str) -> None:
+    await database.fast(lambda c: repository.add(c, {"name": "a", "url": "https://same.io"}))
+    with pytest.raises(Conflict, match="url already exists"):
+        await database.fast(lambda c: repository.add(c, {"name": "b", "url": "https://same.io"}))
+    with pytest.raises(InvalidInput, match="name must not be blank"):
+        await database.fast(lambda c: repository.add(c, {"name": "   "}))
+    with pytest.raises(InvalidInput):  # asyncpg's own client-side refusal (beyond bigint)
+        await database.fast(lambda c: repository.get(c, 2**64))
+    assert await _count(dsn) == 1
+    assert _checked_out(database) == 0
+    # The connections that saw those errors are still good.
+    assert await database.fast(repository.count) == 1
+
+
+async def test_fast_statement_timeout_is_a_timeout(database_url: URL, settings: Settings) -> None:
+    database = Database.from_url(
+        database_url, settings.model_copy(update={"statement_timeout_ms": 100})
+    )
+    try:
+        with pytest.raises(Timeout):
+            await database.fast(lambda c: c.execute("SELECT pg_sleep(2)"))
+        assert await database.fast(lambda c: c.fetchval("SELECT 1")) == 1
+        assert _checked_out(database) == 0
+    finally:
+        await database.dispose()
+
+
+async def test_fast_cancellation_mid_statement_frees_the_pool_slot(database: Database) -> None:
+    started = asyncio.Event()
+    pids: list[int] = []
+
+    async def slow(connection: asyncpg.Connection) -> None:
+        pids.append(await connection.fetchval("SELECT pg_backend_pid()"))
+        started.set()
+        await connection.execute("SELECT pg_sleep(5)")
+
+    task = asyncio.create_task(database.fast(slow))
+    await started.wait()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _checked_out(database) == 0
+    # The cancelled connection was closed, not handed to the next caller mid-statement.
+    pid = await database.fast(lambda c: c.fetchval("SELECT pg_backend_pid()"))
+    assert pid != pids[0]
+
+
+async def test_fast_retries_retryable_conflicts(database: Database, dsn: str) -> None:
+    attempts = 0
+
+    async def flaky(connection: asyncpg.Connection) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise RetryableConflict("simulated serialization failure")
+        await repository.add(connection, {"name": "third time"})
+        return "done"
+
+    assert await database.fast(flaky) == "done"
+    assert attempts == 3
+    assert await _count(dsn) == 1
+
+
+async def test_fast_retries_a_real_deadlock(database: Database, dsn: str) -> None:
+    """40P01 from the server is classified and retried (the loser of a real deadlock)."""
+    a = await database.fast(lambda c: repository.add(c, {"name": "a"}))
+    b = await database.fast(lambda c: repository.add(c, {"name": "b"}))
+    both_locked = asyncio.Barrier(2)
+    calls = 0
+
+    async def lock(first: int, second: int) -> None:
+        async def work(connection: asyncpg.Connection) -> None:
+            nonlocal calls
+            calls += 1
+            async with connection.transaction():
+                await connection.execute(
+                    "UPDATE tutorials SET name = name WHERE tutorial_id = $1", first
+                )
+                if calls <= 2:
+                    await both_locked.wait()
+                await connection.execute(
+                    "UPDATE tutorials SET name = name WHERE tutorial_id = $1", second
+                )
+
+        await database.fast(work)
+
+    await asyncio.gather(lock(a.tutorial_id, b.tutorial_id), lock(b.tutorial_id, a.tutorial_id))
+    assert calls == 3  # one of the two was chosen as the deadlock victim and ran again
+    assert _checked_out(database) == 0
+
+
+async def test_fast_gives_up_after_the_configured_attempts(database: Database) -> None:
+    attempts = 0
+
+    async def always(_connection: asyncpg.Connection) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RetryableConflict("still conflicting")
+
+    with pytest.raises(RetryableConflict):
+        await database.fast(always)
+    assert attempts == database.retry_attempts
+
+
+async def test_fast_retries_a_lost_connection_only_when_idempotent(database: Database) -> None:
+    calls = 0
+
+    async def dies_once(connection: asyncpg.Connection) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return int(await connection.fetchval("SELECT 1"))
+
+    assert await database.fast(dies_once, idempotent=True) == 1
+    assert calls == 2
+    calls = 0
+    with pytest.raises(Unavailable, match="lost the connection"):
+        await database.fast(dies_once)
+    assert calls == 1
+    assert _checked_out(database) == 0
+
+
+async def test_fast_pool_exhaustion_fails_fast(database_url: URL, settings: Settings) -> None:
+    database = Database.from_url(
+        database_url,
+        settings.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}),
+    )
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(_connection: asyncpg.Connection) -> None:
+        holding.set()
+        await release.wait()
+
+    try:
+        task = asyncio.create_task(database.fast(hold))
+        await holding.wait()
+        with pytest.raises(Unavailable, match="no database connection"):
+            await database.fast(lambda c: c.fetchval("SELECT 1"))
+        release.set()
+        await task
+    finally:
+        await database.dispose()
+
+
+async def test_fast_unreachable_database_is_unavailable(settings: Settings) -> None:
+    database = Database.from_url(
+        make_url("postgresql+asyncpg://postgres@127.0.0.1:9/none"),
+        settings.model_copy(update={"connect_timeout": 1.0}),
+    )
+    try:
+        with pytest.raises(Unavailable):
+            await database.fast(lambda c: c.fetchval("SELECT 1"))
+    finally:
+        await database.dispose()
+
+
+async def test_fast_closes_a_connection_left_in_a_transaction(database: Database) -> None:
+    async def leaves_open(connection: asyncpg.Connection) -> int:
+        await connection.execute("BEGIN")
+        return int(await connection.fetchval("SELECT pg_backend_pid()"))
+
+    pid = await database.fast(leaves_open)
+    assert _checked_out(database) == 0
+    assert await database.fast(lambda c: c.fetchval("SELECT pg_backend_pid()")) != pid
+
+
+async def test_fast_hands_connections_to_waiters_in_turn(
+    database_url: URL, settings: Settings
+) -> None:
+    """A task that asks again as soon as it is done does not keep the connection from one
+    that was already waiting (the queue alone would let it take the connection straight back,
+    and the waiter would starve into the pool timeout under load)."""
+    database = Database.from_url(
+        database_url, settings.model_copy(update={"pool_size": 1, "max_overflow": 0})
+    )
+    order: list[str] = []
+    holding = asyncio.Event()
+
+    async def hold_then_loop() -> None:
+        async def first(connection: asyncpg.Connection) -> None:
+            holding.set()
+            await connection.execute("SELECT pg_sleep(0.05)")
+
+        await database.fast(first)
+        order.append("loop")
+        for _ in range(20):
+            await database.fast(lambda c: c.fetchval("SELECT 1"))
+            order.append("loop")
+
+    async def wait_once() -> None:
+        await holding.wait()
+        await database.fast(lambda c: c.fetchval("SELECT 1"))
+        order.append("waiter")
+
+    try:
+        await asyncio.gather(hold_then_loop(), wait_once())
+    finally:
+        await database.dispose()
+    assert order.index("waiter") <= 1, order

@@ -8,6 +8,12 @@ as domain errors (`tutorials.errors`), classified by SQLSTATE.
 
 `get_session()` is the tutorial's entry point, kept as the public way in: it runs a unit of work
 on the process's default database, built lazily from settings on first use.
+
+`Database.fast(work)` is the other way in, for units of work that are one statement (the
+library's and the API's hot paths): a connection from the SAME pool (same limits, timeouts,
+server settings, stale-connection detection), used through asyncpg directly in autocommit, so
+the statement is its own transaction: one round trip instead of BEGIN + statement + COMMIT, and
+none of the ORM's per-call CPU. Measured: see benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,14 +23,29 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
+import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from tutorials.db.engine import aresolve_url, create_engine
-from tutorials.errors import RetryableConflict, classify
+from tutorials.errors import (
+    InvalidInput,
+    RetryableConflict,
+    TutorialsError,
+    Unavailable,
+    classify,
+)
 from tutorials.settings import Settings, get_settings
+
+#: The connection `Database.fast` hands to its work: asyncpg's, with plain `Record` rows.
+if TYPE_CHECKING:
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection
 
 T = TypeVar("T")
 
@@ -39,6 +60,7 @@ class Database:
 
     def __post_init__(self) -> None:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._acquiring = 0  # tasks inside `fast` waiting for a connection
 
     @classmethod
     def from_url(cls, url: URL, settings: Settings | None = None) -> Database:
@@ -59,7 +81,10 @@ class Database:
                 raise domain from exc
             raise
         finally:
+            busy = self._busy()
             await _shielded(session.close())
+        if busy:
+            await asyncio.sleep(0)  # let a task waiting for a connection have ours: see `fast`
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run `work` in a unit of work, retrying serialization failures and deadlocks.
@@ -77,8 +102,126 @@ class Database:
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def fast(
+        self, work: Callable[[Connection], Awaitable[T]], *, idempotent: bool = False
+    ) -> T:
+        """Run `work` on a pooled asyncpg connection in autocommit: each statement commits alone.
+
+        For a unit of work that is one statement, or whose statements are each correct on their
+        own (an UPDATE, then — only when it matched nothing — a SELECT saying why). The
+        connection comes from the engine's pool and goes back to it; `work` must not keep it,
+        nor change session state (SET, LISTEN, temp tables). An explicit transaction is
+        possible with `async with connection.transaction():`.
+
+        The same guarantees as `run`: failures leave as domain errors classified by SQLSTATE;
+        serialization failures and deadlocks are retried with backoff (`retry_attempts`);
+        cancellation returns the connection's slot to the pool (the connection itself is
+        closed, since asyncpg cannot reuse one cancelled mid-statement). With `idempotent`
+        (reads), a connection lost mid-call is retried once on a fresh one; writes are not
+        retried, since the server may have committed before the connection dropped.
+        """
+        attempt = 0
+        reconnected = False
+        while True:
+            attempt += 1
+            try:
+                return await self._fast_once(work)
+            except RetryableConflict:
+                if attempt >= self.retry_attempts:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+            except _ConnectionLost as lost:
+                if not idempotent or reconnected:
+                    raise lost.error from lost.__cause__
+                reconnected = True
+
+    async def _fast_once(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        self._acquiring += 1
+        try:
+            proxied = await self.engine.raw_connection()
+        except Exception as exc:
+            raise _translate(exc, connecting=True) from exc
+        finally:
+            self._acquiring -= 1
+        connection: Connection | None = proxied.driver_connection
+        assert connection is not None
+        reusable = False
+        try:
+            result = await work(connection)
+            reusable = True
+        except TutorialsError:
+            reusable = True  # raised by `work` itself (NotFound, StaleVersion, ...)
+            raise
+        except Exception as exc:
+            if connection.is_closed():
+                error = Unavailable("lost the connection to the database")
+                raise _ConnectionLost(error) from exc
+            # The server refused the statement: the connection itself is fine.
+            reusable = isinstance(exc, asyncpg.PostgresError)
+            domain = _translate(exc)
+            if domain is exc:
+                raise
+            raise domain from exc
+        finally:
+            # Synchronous on purpose: cancellation cannot interrupt it, so the pool slot is
+            # always returned. A connection in an unknown state (cancelled mid-statement, an
+            # unexpected client error, a transaction left open) is closed, not reused.
+            if not reusable or connection.is_closed() or connection.is_in_transaction():
+                proxied.invalidate()
+            busy = self._busy()
+            proxied.close()
+        if busy:
+            # Fairness. Returning the connection woke the task that has waited longest for one,
+            # but the queue hands an available connection to whoever asks first, and our caller
+            # may ask again right away (a loop, a request handler's next query): without this
+            # yield it takes the connection back, the woken waiter finds the queue empty and
+            # goes to the back of the line, and under load a few unlucky tasks starve into the
+            # pool timeout (measured: p99 70 ms and max 260 ms instead of 16 / 36 ms at 32
+            # tasks on 20 connections; see benchmarks/RESULTS.md). asyncpg's own pool gets the
+            # same effect by releasing through a shielded task.
+            await asyncio.sleep(0)
+        return result
+
+    def _busy(self) -> bool:
+        """Some task may be waiting for our connection: one is inside `fast` waiting for the
+        pool, or other connections are in use (an ORM unit of work may be waiting). Alone (the
+        common case at concurrency 1) there is no one to yield to, and the yield is skipped."""
+        if self._acquiring:
+            return True
+        pool = self.engine.pool
+        return isinstance(pool, QueuePool) and pool.checkedout() > 1
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class _ConnectionLost(Exception):
+    """Internal: the connection died during `Database.fast`; carries the domain error."""
+
+    def __init__(self, error: Unavailable) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+def _translate(error: Exception, *, connecting: bool = False) -> Exception:
+    """The domain error for a failure on the fast path, or the error itself (a bug).
+
+    While connecting, SQLAlchemy hands asyncpg's connect errors over in its DBAPI adapter's
+    wrapper, not in `DBAPIError`: a refused or timed-out connect is found on the cause chain.
+    """
+    domain = classify(error)
+    if domain is not None:
+        return domain
+    if isinstance(error, asyncpg.exceptions.DataError | asyncpg_base.DataError):
+        # A value refused while encoding it (asyncpg raises its SQLSTATE-22000 class for an int
+        # beyond bigint, before anything is sent) or another data exception (class 22).
+        return InvalidInput("the database refused the value")
+    cause: BaseException | None = error if connecting else None
+    while cause is not None:
+        if isinstance(cause, OSError | asyncio.TimeoutError | asyncpg_base.InterfaceError):
+            return Unavailable("cannot reach the database")
+        cause = cause.__cause__
+    return error
 
 
 async def _shielded(cleanup: Awaitable[None]) -> None:

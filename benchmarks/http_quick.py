@@ -1,0 +1,245 @@
+"""A quick, bounded throughput figure for the HTTP API: GET /tutorials/{id} and POST /tutorials.
+
+Starts `tutorials serve` on 127.0.0.1 (a free port) against DATABASE_URL, seeds a few rows,
+then for each scenario runs N concurrent httpx clients for a fixed time and reports requests
+per second, latency percentiles, and the server process's CPU time per request (the figure
+that does not depend on how busy the machine or the Python client is). Loopback only, bounded
+in time and concurrency.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench \\
+        uv run python benchmarks/http_quick.py --concurrency 32 --seconds 3
+
+The database must exist and be at the migrations' head (or pass --migrate). Rows are added by
+the POST scenario; use a scratch database.
+
+`--in-process` instead calls the ASGI app directly (no sockets, no uvicorn, no client) one
+request at a time and reports the app's own CPU time per request: the figure least disturbed
+by whatever else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from itertools import count
+
+import httpx
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (Linux /proc), to get CPU per request."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(port: int, migrate: bool) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TUTORIALS_AUTO_MIGRATE": "true" if migrate else "false"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from tutorials.cli import main; main()",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+
+
+def wait_until_up(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the server did not become ready")
+
+
+async def run_scenario(
+    name: str,
+    request: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]],
+    base_url: str,
+    concurrency: int,
+    seconds: float,
+    expected: int,
+    server_pid: int,
+) -> None:
+    latencies: list[float] = []
+    failures = 0
+    numbers = count()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10) as client:
+        # Warm up: open the connections, fill the server's pool and caches.
+        await asyncio.gather(*(request(client, next(numbers)) for _ in range(concurrency)))
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal failures
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                response = await request(client, next(numbers))
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != expected:
+                    failures += 1
+
+        began = time.perf_counter()
+        cpu_before = cpu_seconds(server_pid)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        server_cpu = cpu_seconds(server_pid) - cpu_before
+        elapsed = time.perf_counter() - began
+    ordered = sorted(latencies)
+
+    def percentile(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+    print(
+        f"{name:<24} {len(latencies) / elapsed:8.0f} req/s   "
+        f"p50 {percentile(0.50):6.1f} ms   p99 {percentile(0.99):6.1f} ms   "
+        f"mean {statistics.fmean(latencies) * 1000:6.1f} ms   "
+        f"server CPU {server_cpu / len(latencies) * 1e6:5.0f} µs/req   "
+        f"n={len(latencies)} failures={failures}"
+    )
+
+
+async def main(concurrency: int, seconds: float, base_url: str, server_pid: int) -> None:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        seeded = [
+            (await client.post("/tutorials", json={"name": f"bench seed {i}"})).json()
+            for i in range(50)
+        ]
+    ids = [row["tutorial_id"] for row in seeded]
+    run_id = time.time_ns()
+
+    async def get_one(client: httpx.AsyncClient, n: int) -> httpx.Response:
+        return await client.get(f"/tutorials/{ids[n % len(ids)]}")
+
+    async def post_one(client: httpx.AsyncClient, n: int) -> httpx.Response:
+        return await client.post(
+            "/tutorials",
+            json={"name": f"bench {n}", "url": f"https://bench.example/{run_id}/{n}"},
+        )
+
+    print(f"concurrency {concurrency}, {seconds:g} s per scenario, {base_url}")
+    for name, request, expected in (
+        ("GET /tutorials/{id}", get_one, 200),
+        ("POST /tutorials", post_one, 201),
+    ):
+        await run_scenario(name, request, base_url, concurrency, seconds, expected, server_pid)
+
+
+async def in_process(requests: int) -> None:
+    """CPU time per request of the app alone, called directly as an ASGI application."""
+    from tutorials.api import create_app
+    from tutorials.db.session import Database
+    from tutorials.settings import get_settings
+
+    settings = get_settings()
+    url = settings.sqlalchemy_url()
+    assert url is not None
+    database = Database.from_url(url, settings)
+    app = create_app(settings, database)
+    numbers = count()
+    last_body: list[bytes] = []
+
+    async def call(method: str, path: str, body: bytes = b"") -> int:
+        headers = [(b"host", b"bench"), (b"content-type", b"application/json")]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        statuses: list[int] = []
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(int(str(message["status"])))
+            elif message["type"] == "http.response.body":
+                last_body[:] = [bytes(message.get("body", b""))]  # type: ignore[arg-type]
+
+        await app(scope, receive, send)
+        return statuses[0]
+
+    try:
+        created = await call("POST", "/tutorials", b'{"name": "in-process seed"}')
+        assert created == 201
+        seed_id = json.loads(last_body[0])["tutorial_id"]
+        for name, make in (
+            ("GET /tutorials/{id}", lambda: call("GET", f"/tutorials/{seed_id}")),
+            (
+                "POST /tutorials",
+                lambda: call("POST", "/tutorials", f'{{"name": "b {next(numbers)}"}}'.encode()),
+            ),
+        ):
+            for _ in range(200):  # warm up
+                await make()
+            started, cpu = time.perf_counter(), time.process_time()
+            for _ in range(requests):
+                await make()
+            cpu_per = (time.process_time() - cpu) / requests * 1e6
+            wall_per = (time.perf_counter() - started) / requests * 1e6
+            print(f"{name:<24} app CPU {cpu_per:5.0f} µs/req   wall {wall_per:5.0f} µs/req")
+    finally:
+        await database.dispose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, default=32, choices=range(1, 257))
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--migrate", action="store_true", help="migrate the database first")
+    parser.add_argument("--in-process", action="store_true", help="app CPU per request only")
+    args = parser.parse_args()
+    if not os.environ.get("DATABASE_URL"):
+        raise SystemExit("set DATABASE_URL to a scratch database")
+    if args.in_process:
+        asyncio.run(in_process(2000))
+        raise SystemExit(0)
+    if not 0 < args.seconds <= 60:
+        raise SystemExit("--seconds must be in (0, 60]")
+    port = free_port()
+    server = start_server(port, args.migrate)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base, server)
+        asyncio.run(main(args.concurrency, args.seconds, base, server.pid))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)

@@ -1,0 +1,168 @@
+"""The app factory: `create_app(settings, database)` builds the FastAPI application.
+
+The engine is made at start-up, never at import: the lifespan opens the configured database
+(DATABASE_URL or the embedded server, migrated when `auto_migrate` is on) and disposes it at
+shutdown. Whoever injects a `Database` (tests, the `serve` command) owns it and disposes it.
+Per-app state (database, settings-derived values, metrics registry, token guard) lives on
+`app.state`, so several apps can live in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.pool import Pool
+from starlette.middleware.cors import CORSMiddleware
+
+from tutorials.api import health, problems, routes, transfer
+from tutorials.api.bodies import TutorialCreateBody, TutorialPatchBody
+from tutorials.api.metrics import HttpMetrics
+from tutorials.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from tutorials.api.openapi import build
+from tutorials.api.security import WriteGuard
+from tutorials.db.migrate import head_revision, schema_is_current
+from tutorials.db.session import Database, connect
+from tutorials.errors import classify
+from tutorials.settings import Settings, get_settings
+
+logger = logging.getLogger("tutorials.api")
+
+DESCRIPTION = """\
+A catalog of tutorials in PostgreSQL.
+
+Errors are RFC 9457 `application/problem+json`. Writes (POST, PATCH, DELETE) need
+`Authorization: Bearer <token>` when the server has tokens configured. Every response carries
+`X-Request-ID` (yours, if you sent a plain one). Tutorials carry a strong `ETag` (their
+version): send it back in `If-Match` to update or delete only what you read, or in
+`If-None-Match` to get a 304 when nothing changed.
+"""
+
+
+def _package_version() -> str:
+    try:
+        return version("tutorials")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0"
+
+
+async def open_database(settings: Settings) -> Database:
+    """Connect (DATABASE_URL or embedded, migrating if asked) and prove the database answers.
+
+    Failures leave as domain errors (`Unavailable` for an unreachable server), with the pool
+    already disposed. A schema behind the migrations is only a warning: `/readyz` reports it.
+    """
+    try:
+        database = await connect(settings)
+    except Exception as exc:
+        domain = classify(exc)
+        if domain is None:
+            raise
+        raise domain from exc
+    try:
+        current = await schema_is_current(database.engine)
+        await asyncio.to_thread(head_revision)  # read the scripts once, off the event loop
+    except BaseException as exc:
+        await database.dispose()
+        domain = classify(exc) if isinstance(exc, Exception) else None
+        if domain is None:
+            raise
+        raise domain from exc
+    if not current:
+        logger.warning("the database schema is not at the migrations' head; /readyz says 503")
+    return database
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    """Build the app. Without `database`, the lifespan opens one from `settings` and closes it."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if database is not None:
+            app.state.database = database
+            yield
+            return
+        opened = await open_database(settings)
+        app.state.database = opened
+        try:
+            yield
+        finally:
+            await opened.dispose()
+
+    app = FastAPI(
+        title="tutorials",
+        version=_package_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    if database is not None:
+        app.state.database = database  # usable even without running the lifespan
+    app.state.retry_after_seconds = settings.retry_after_seconds
+    app.state.ready_timeout = settings.connect_timeout + settings.pool_timeout
+    app.state.write_guard = WriteGuard(settings.api_tokens)
+
+    def current_pool() -> Pool | None:
+        found: Database | None = getattr(app.state, "database", None)
+        return found.engine.pool if found is not None else None
+
+    metrics = HttpMetrics(current_pool)
+    app.state.metrics = metrics
+
+    problems.install(app)
+    app.include_router(transfer.router)  # /tutorials/import, /tutorials/export (literal paths)
+    app.include_router(routes.router)  # /tutorials/{tutorial_id:int}: digits only, no overlap
+    app.include_router(health.router)
+    _include_web(app)
+
+    # Added innermost first: the request context wraps everything, CORS answers preflights
+    # before the body limit, the body limit sits right outside the routes.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        exempt_paths=frozenset(getattr(transfer, "UNLIMITED_BODY_PATHS", ())),
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "If-None-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    secured = app.state.write_guard.enabled
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(
+                app, secured=secured, extra_models=(TutorialCreateBody, TutorialPatchBody)
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _include_web(app: FastAPI) -> None:
+    try:
+        from tutorials.web import page
+    except ImportError:  # pragma: no cover - the page is optional
+        return
+    page.install(app)

@@ -1,0 +1,98 @@
+"""Entity tags and conditional requests (RFC 9110 §8.8.3, §13).
+
+A tutorial's ETag is its `version`, quoted: `"3"`. It is strong: two representations with the
+same version are byte-for-byte the same row. `If-None-Match` (GET) uses the weak comparison,
+so `W/"3"` matches; `If-Match` (PATCH, DELETE) uses the strong one, as the RFC requires, so a
+weak tag never matches there. Both accept lists and `*`. A bare, unquoted tag (`If-Match: 3`,
+a common hand-typed mistake) is read as if quoted. An empty list matches nothing. A value that
+is not an entity-tag list at all is a 400.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+
+#: Versions are PostgreSQL integers: a tag outside this range can never match.
+MAX_VERSION = 2**31 - 1
+
+# One list element: `*`, `W/"..."`, `"..."`, or a bare token; elements are separated by commas
+# with optional whitespace, and empty elements are allowed (RFC 9110 §5.6.1).
+_ELEMENT = re.compile(r'(\*)|(W/)?"([\x21\x23-\x7e\x80-\xff]*)"|([\x21\x23-\x2b\x2d-\x7e]+)')
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+@dataclass(frozen=True)
+class EntityTags:
+    """A parsed `If-Match` / `If-None-Match` value."""
+
+    any: bool
+    strong: frozenset[str]
+    weak: frozenset[str]
+
+    def versions(self) -> frozenset[int]:
+        """The versions the strong tags name (what `If-Match` can match)."""
+        found = set()
+        for tag in self.strong:
+            if _DIGITS.fullmatch(tag) and 1 <= int(tag) <= MAX_VERSION:
+                found.add(int(tag))
+        return frozenset(found)
+
+    def matches_strong(self, version: int) -> bool:
+        return self.any or str(version) in self.strong
+
+    def matches_weak(self, version: int) -> bool:
+        return self.any or str(version) in self.strong or str(version) in self.weak
+
+
+def parse(value: str) -> EntityTags | None:
+    """Parse an entity-tag list; None when it is malformed."""
+    any_ = False
+    strong: set[str] = set()
+    weak: set[str] = set()
+    position, length = 0, len(value)
+    while True:
+        while position < length and value[position] in " \t":
+            position += 1
+        if position >= length:
+            break
+        if value[position] == ",":  # an empty list element
+            position += 1
+            continue
+        match = _ELEMENT.match(value, position)
+        if match is None:
+            return None
+        star, weak_prefix, quoted, bare = match.groups()
+        if star:
+            any_ = True
+        elif quoted is not None:
+            (weak if weak_prefix else strong).add(quoted)
+        else:
+            strong.add(bare)
+        position = match.end()
+        while position < length and value[position] in " \t":
+            position += 1
+        if position < length and value[position] != ",":
+            return None
+    return EntityTags(any_, frozenset(strong), frozenset(weak))
+
+
+def if_match(header: str | None) -> EntityTags | None:
+    """The request's `If-Match`, None when absent; 400 when malformed."""
+    if header is None:
+        return None
+    parsed = parse(header)
+    if parsed is None:
+        raise HTTPException(400, 'malformed If-Match header: send entity tags such as "3", or *')
+    return parsed
+
+
+def if_none_match(header: str | None) -> EntityTags | None:
+    """The request's `If-None-Match`; a malformed one is ignored (RFC 9110 allows it)."""
+    return None if header is None else parse(header)
