@@ -1,0 +1,328 @@
+"""Bulk import / export against PostgreSQL's own `psql \\copy`, same rows, same table, same run.
+
+    uv run python -m benchmarks.bulk --rows 1000000 [--rounds 2] [--urlless 0.1]
+    uv run python -m benchmarks.run --suite bulk [--full]     (100,000 rows; --full: 1,000,000)
+
+What it does, on a scratch database at the migrations' head (dropped afterwards):
+
+1. Generates N tutorials (fixed seed) as two CSV files holding the same rows: ours (tags joined
+   by `;`) and psql's (tags as an array literal, which is what `\\copy` into `text[]` needs).
+2. Per round, on an emptied table (TRUNCATE ... RESTART IDENTITY, CHECKPOINT): `psql \\copy`
+   into `tutorials`, then `tutorials import` end to end (a subprocess through the CLI, as a user
+   runs it); the order alternates between rounds so that machine noise falls on both. The
+   import's wall time, CPU time and peak RSS come from `os.wait4` on its own process.
+3. Checks that both loads left the same rows (count, and an md5 over every row's content).
+4. Runs the same import again (everything already there: the idempotent re-run).
+5. Exports: `psql \\copy (SELECT ...) TO` against `tutorials export` (CSV, then NDJSON), and
+   checks the two CSV files are byte-identical.
+
+The goal (issue 4): import and export at >= 0.8x psql's rows/s. The machine is shared and has 2
+cores: what counts is the ratio within a round, not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from benchmarks.core import SHORT, Context, Table, admin_url_from_env, median
+
+NAME = "bulk"
+
+WORDS = [
+    *("python", "async", "sql", "postgres", "copy", "bulk", "stream", "index", "query", "table"),
+    *("rust", "go", "web", "api", "data", "test", "fast", "learn", "guide", "intro", "deep"),
+    *("cache", "queue", "lock", "batch", "vector", "graph"),
+]
+
+CHECKSUM = (
+    "SELECT count(*), md5(string_agg(md5(name || '|' || coalesce(url, '') || '|' || "
+    "coalesce(description, '') || '|' || array_to_string(tags, ';')), '' ORDER BY "
+    "name, url, description)) FROM tutorials"
+)
+
+
+@dataclass
+class Run:
+    """One timed process: wall seconds, CPU seconds, peak RSS (MiB), exit code."""
+
+    seconds: float
+    cpu: float
+    rss_mib: float
+    code: int
+    stderr: str
+
+    def rate(self, rows: int) -> float:
+        return rows / self.seconds if self.seconds else 0.0
+
+
+def generate(directory: Path, rows: int, urlless: float, seed: int = 42) -> tuple[Path, Path]:
+    """Our CSV and psql's, with the same rows (quotes, commas, newlines, unicode included)."""
+    rnd = random.Random(seed)
+    ours, theirs = directory / "tutorials.csv", directory / "tutorials_psql.csv"
+    with (
+        ours.open("w", newline="", encoding="utf-8") as a,
+        theirs.open("w", newline="", encoding="utf-8") as b,
+    ):
+        mine, psql = csv.writer(a), csv.writer(b)
+        mine.writerow(["name", "url", "description", "tags"])
+        psql.writerow(["name", "url", "description", "tags"])
+        for i in range(rows):
+            name = f"Tutorial {i}: " + " ".join(rnd.choices(WORDS, k=4))
+            url = "" if rnd.random() < urlless else f"https://example.com/tutorials/{i}"
+            description = " ".join(rnd.choices(WORDS, k=12))
+            if i % 10 == 0:
+                description += ', with "quotes", commas\nand a second line — ünïcödé'
+            tags = sorted(set(rnd.choices(WORDS, k=3)))
+            mine.writerow([name, url, description, ";".join(tags)])
+            psql.writerow([name, url, description, "{" + ",".join(tags) + "}"])
+    return ours, theirs
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> Run:
+    """Run a process to the end: its own wall time, CPU time and peak RSS.
+
+    The peak RSS comes from GNU time when it is installed: a child started straight from this
+    (large) Python process would report this process's RSS as its own (`ru_maxrss` keeps the
+    address space it had before exec).
+    """
+    report = None
+    if Path("/usr/bin/time").exists():
+        descriptor, name = tempfile.mkstemp(prefix="bulk-time-")
+        os.close(descriptor)
+        report = Path(name)
+        argv = ["/usr/bin/time", "-q", "-o", str(report), "-f", "%M", *argv]
+    started = time.monotonic()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert process.stderr is not None
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.monotonic() - started
+    error = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    rss_kib = usage.ru_maxrss
+    if report is not None:
+        with contextlib.suppress(ValueError, OSError):
+            rss_kib = int(report.read_text().split()[-1])
+        report.unlink(missing_ok=True)
+    return Run(seconds, usage.ru_utime + usage.ru_stime, rss_kib / 1024, process.returncode, error)
+
+
+def tutorials_command() -> list[str]:
+    """The `tutorials` console script of this environment (what a user runs)."""
+    script = Path(sys.executable).with_name("tutorials")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from tutorials.cli import main; main()"]
+
+
+async def execute(dsn: str, *statements: str) -> list[Any]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        results = [await connection.fetch(statement) for statement in statements]
+    finally:
+        await connection.close()
+    return results
+
+
+async def empty(dsn: str) -> None:
+    await execute(dsn, "TRUNCATE tutorials RESTART IDENTITY", "CHECKPOINT")
+
+
+async def checksum(dsn: str) -> tuple[int, str]:
+    (rows,) = await execute(dsn, CHECKSUM)
+    return int(rows[0][0]), str(rows[0][1])
+
+
+def psql(dsn: str, command: str) -> Run:
+    return timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", command])
+
+
+def our_env(dsn: str) -> dict[str, str]:
+    """The CLI's environment: this database, and Python caching its bytecode as it does on a
+    normal installation (a harness may set PYTHONDONTWRITEBYTECODE, which makes every start
+    compile SQLAlchemy, pydantic, ... from source: ~2.5 s of CPU that no user pays twice)."""
+    env = {**os.environ, "DATABASE_URL": dsn, "TUTORIALS_AUTO_MIGRATE": "false"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def ours(dsn: str, *args: str) -> Run:
+    return timed([*tutorials_command(), *args], our_env(dsn))
+
+
+def warm_up(dsn: str) -> Run:
+    """One untimed start, so the bytecode cache exists (as after any first run)."""
+    return timed([*tutorials_command(), "export", os.devnull, "--quiet"], our_env(dsn))
+
+
+def _check(run: Run, what: str) -> Run:
+    if run.code != 0:
+        raise RuntimeError(f"{what} failed ({run.code}): {run.stderr.strip()[-500:]}")
+    return run
+
+
+async def measure(
+    dsn: str, rows: int, rounds: int, urlless: float, log: Any = print
+) -> list[Table]:
+    if shutil.which("psql") is None:
+        from benchmarks.run import Skipped
+
+        raise Skipped("psql is not installed")
+    directory = Path(tempfile.mkdtemp(prefix="tutorials-bulk-"))
+    try:
+        log(f"bulk: generating {rows:,} rows ({urlless:.0%} without url)")
+        mine, theirs = generate(directory, rows, urlless)
+        size_mib = mine.stat().st_size / 2**20
+        psql_runs: list[Run] = []
+        our_runs: list[Run] = []
+        sums: set[tuple[int, str]] = set()
+        load = (
+            f"\\copy tutorials(name, url, description, tags) FROM '{theirs}' "
+            "WITH (FORMAT csv, HEADER true)"
+        )
+        startup = _check(warm_up(dsn), "warm-up")
+        for round_ in range(rounds):
+            order = ("psql", "ours") if round_ % 2 == 0 else ("ours", "psql")
+            for who in order:
+                await empty(dsn)
+                if who == "psql":
+                    psql_runs.append(_check(psql(dsn, load), "psql \\copy"))
+                else:
+                    our_runs.append(_check(ours(dsn, "import", str(mine), "--quiet"), "import"))
+                sums.add(await checksum(dsn))
+                log(
+                    f"bulk: round {round_ + 1} {who}: "
+                    f"{(psql_runs if who == 'psql' else our_runs)[-1].seconds:.1f} s"
+                )
+        if len(sums) != 1:
+            raise RuntimeError(f"psql and tutorials import left different tables: {sums}")
+        (stored, _), *_ = sums
+        if urlless == 0 and stored != rows:
+            raise RuntimeError(f"{stored:,} rows stored, {rows:,} expected")
+        rerun = _check(ours(dsn, "import", str(mine), "--quiet"), "import again")
+        if await checksum(dsn) not in sums:
+            raise RuntimeError("importing the same file again changed the table")
+
+        psql_csv, our_csv = directory / "psql_out.csv", directory / "ours_out.csv"
+        dump = (
+            "\\copy (SELECT name, url, description, array_to_string(tags, ';') AS tags "
+            f"FROM tutorials ORDER BY tutorial_id) TO '{psql_csv}' WITH (FORMAT csv, HEADER true)"
+        )
+        psql_export: list[Run] = []
+        our_export: list[Run] = []
+        our_ndjson: list[Run] = []
+        for _ in range(rounds):
+            psql_export.append(_check(psql(dsn, dump), "psql \\copy to"))
+            our_export.append(_check(ours(dsn, "export", str(our_csv), "--quiet"), "export"))
+            our_ndjson.append(
+                _check(
+                    ours(dsn, "export", str(directory / "out.ndjson"), "--quiet"),
+                    "export ndjson",
+                )
+            )
+        identical = psql_csv.read_bytes() == our_csv.read_bytes()
+        if not identical:
+            raise RuntimeError("tutorials export (csv) differs from psql \\copy's output")
+
+        def best(runs: list[Run]) -> float:
+            return min(run.seconds for run in runs)
+
+        base_import = median([run.seconds for run in psql_runs])
+        base_export = median([run.seconds for run in psql_export])
+        table = Table(
+            f"Bulk transfer, {stored:,} rows ({size_mib:.0f} MiB CSV)",
+            ["operation", "seconds", "rows/s", "vs psql", "cpu s", "peak RSS MiB"],
+        )
+
+        def row(name: str, runs: list[Run], base: float | None) -> None:
+            seconds = median([run.seconds for run in runs])
+            table.rows.append(
+                {
+                    "operation": name,
+                    "seconds": seconds,
+                    "rows/s": rows / seconds,
+                    "vs psql": (base / seconds) if base else None,
+                    "cpu s": median([run.cpu for run in runs]),
+                    "peak RSS MiB": max(run.rss_mib for run in runs),
+                }
+            )
+
+        row("psql \\copy FROM (baseline)", psql_runs, None)
+        row("tutorials import (csv)", our_runs, base_import)
+        row("tutorials import again (all unchanged)", [rerun], base_import)
+        row("psql \\copy TO (baseline)", psql_export, None)
+        row("tutorials export (csv)", our_export, base_export)
+        row("tutorials export (ndjson)", our_ndjson, base_export)
+        table.notes += [
+            f"median of {rounds} round(s); psql and import alternate order each round, on an "
+            "emptied table (TRUNCATE, CHECKPOINT) each time",
+            "vs psql = psql seconds / our seconds (>= 0.8 is the goal); best import ratio: "
+            f"{best(psql_runs) / best(our_runs):.2f}",
+            "both loads left identical content (count and md5 of every row); the export CSV is "
+            "byte-identical to psql's",
+            f"{urlless:.0%} of rows without url (matched on their whole content on re-import)",
+            f"our figures include the CLI's start-up (an export of an empty table takes "
+            f"{startup.seconds:.2f} s, {startup.cpu:.2f} s CPU): with bytecode cached",
+        ]
+        raw = Table(
+            "bulk raw runs",
+            ["what", "seconds", "cpu", "rss_mib"],
+            [
+                {"what": name, "seconds": r.seconds, "cpu": r.cpu, "rss_mib": r.rss_mib}
+                for name, runs in (
+                    ("psql import", psql_runs),
+                    ("import", our_runs),
+                    ("import again", [rerun]),
+                    ("psql export", psql_export),
+                    ("export csv", our_export),
+                    ("export ndjson", our_ndjson),
+                )
+                for r in runs
+            ],
+            printed=False,
+        )
+        return [table, raw]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def run(ctx: Context) -> list[Table]:
+    """The suite for `benchmarks.run`: 100,000 rows (short) or 1,000,000 (full)."""
+    rows = 1_000_000 if ctx.mode.name == "full" else 100_000
+    rounds = 2 if ctx.mode.name == "full" else 1
+    async with ctx.scratch_database("bulk") as name:
+        return await measure(ctx.dsn(name), rows, rounds, 0.0, ctx.log)
+
+
+async def _main(args: argparse.Namespace) -> None:
+    ctx = Context(mode=SHORT, admin_url=admin_url_from_env())
+    async with ctx.scratch_database("bulk") as name:
+        tables = await measure(ctx.dsn(name), args.rows, args.rounds, args.urlless, ctx.log)
+    for table in tables:
+        if table.printed:
+            print(table.render(), end="\n\n", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bulk", description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--urlless", type=float, default=0.0, help="fraction of rows without url (0..1)"
+    )
+    asyncio.run(_main(parser.parse_args()))
