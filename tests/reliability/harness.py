@@ -1,0 +1,738 @@
+"""Fault-injection plumbing: private PostgreSQL clusters, a dead network, the service in a process.
+
+Everything here breaks things on purpose, so everything here is bounded and local:
+
+- `PrivateCluster` is a PostgreSQL 15 cluster of the test's own (initdb in a temporary
+  directory, a free loopback port), so a test may restart it (`pg_ctl restart -m fast`), crash
+  it (`kill -9` of a backend makes the postmaster restart every backend) or cut it off without
+  touching the system server other tests use. As root (CI), PostgreSQL's tools run as the
+  `postgres` user, because the server refuses to run as root.
+- `dropped_packets(port)` drops loopback TCP packets to one port with iptables (a dead network,
+  not a refused connection), and always removes its rule.
+- `ServiceProcess` runs `tutorials serve` in a subprocess with an environment we choose, so a
+  test sees the real service (uvicorn, lifespan, pool) and can prove it never dies or resets a
+  connection while the database does.
+- `Outcomes` / `Prober` hold the figures each fault test prints: requests sent, faults
+  injected, acknowledged writes, rows found, recovery time.
+
+Loops are bounded by a count *and* a deadline everywhere: a fault test that hangs is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import URL
+from tests.support import run_async
+
+from tutorials.db.migrate import upgrade
+from tutorials.db.session import Database
+from tutorials.settings import Settings
+
+PG_BIN = Path(os.environ.get("TUTORIALS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def private_clusters_available() -> str | None:
+    """None when we can run a cluster of our own; otherwise why not (a skip reason)."""
+    if not (PG_BIN / "initdb").exists():
+        return f"PostgreSQL server binaries not found in {PG_BIN}"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser: cannot start PostgreSQL as postgres"
+    if os.geteuid() == 0:
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run PostgreSQL as"
+    return None
+
+
+def iptables_available() -> str | None:
+    """None when iptables can drop loopback packets here; otherwise why not (a skip reason)."""
+    if shutil.which("iptables") is None:
+        return "iptables is not installed (apt-get install -y iptables)"
+    if os.geteuid() != 0:
+        return "iptables needs root"
+    probe = subprocess.run(
+        ["iptables", "-w", "5", "-L", "INPUT", "-n"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        return f"iptables cannot list rules here: {probe.stderr.strip()[:200]}"
+    return None
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *command]
+    return command
+
+
+def _chown_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+
+
+class ClusterError(RuntimeError):
+    """A private cluster could not be created, started or stopped (with its log's tail)."""
+
+
+@dataclass
+class PrivateCluster:
+    """A PostgreSQL cluster of our own, on a free loopback port, that we may break at will."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    #: Extra `-c name=value` server settings, e.g. {"log_statement": "ddl"}.
+    conf: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "sock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "server.log"
+
+    @classmethod
+    def create(cls, conf: Mapping[str, str] | None = None) -> PrivateCluster:
+        if not stat.S_ISCHR(os.stat("/dev/null").st_mode):
+            # PostgreSQL's tools (and its postgres user) cannot work without it.
+            raise ClusterError(
+                "/dev/null is not a character device any more: something replaced it with a "
+                "file (e.g. a rename onto it); restore it with: rm /dev/null && "
+                "mknod -m 666 /dev/null c 1 3"
+            )
+        root = Path(tempfile.mkdtemp(prefix="tutorials-rel-", dir="/tmp"))
+        root.chmod(0o755)
+        _chown_postgres(root)
+        cluster = cls(root, conf=dict(conf or {}))
+        try:
+            cluster.socket_dir.mkdir()
+            _chown_postgres(cluster.socket_dir)
+            cluster._run(
+                str(PG_BIN / "initdb"), "-D", str(cluster.data_dir), "-U", "postgres",
+                "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+            )  # fmt: skip
+            cluster.start()
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    def _run(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            _as_postgres(list(command)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.root,
+        )
+        if result.returncode != 0:
+            raise ClusterError(
+                f"{' '.join(command[:2])} failed ({result.returncode}): "
+                f"{result.stderr.strip()[-800:]}\n{self.log_tail()}"
+            )
+        return result
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def _options(self) -> str:
+        settings = {
+            "listen_addresses": LOOPBACK,
+            "fsync": "on",
+            "max_connections": "200",
+            # Deadlock tests should not wait the default second for the detector.
+            "deadlock_timeout": "100ms",
+            **self.conf,
+        }
+        flags = " ".join(f"-c {name}={value}" for name, value in settings.items())
+        return f"-p {self.port} -k {self.socket_dir} {flags}"
+
+    def start(self) -> None:
+        for attempt in range(3):
+            try:
+                self._pg_ctl("start", "-o", self._options())
+                return
+            except ClusterError:
+                if attempt == 2:
+                    raise
+                self.port = free_port()  # somebody took the port meanwhile
+
+    def _pg_ctl(self, action: str, *args: str, timeout: float = 60) -> None:
+        self._run(
+            str(PG_BIN / "pg_ctl"), action, "-D", str(self.data_dir), "-l", str(self.log_file),
+            "-w", "-t", "30", *args, timeout=timeout,
+        )  # fmt: skip
+
+    def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart -m MODE -w`: returns once the server accepts connections again."""
+        self._pg_ctl("restart", "-m", mode, "-o", self._options())
+
+    def stop(self, mode: str = "immediate") -> None:
+        with contextlib.suppress(ClusterError, subprocess.TimeoutExpired):
+            self._pg_ctl("stop", "-m", mode, timeout=30)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def is_ready(self) -> bool:
+        """`pg_isready` on the TCP port: True when the server accepts connections."""
+        result = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(self.port), "-t", "2"],
+            check=False,
+            timeout=10,
+        )
+        return result.returncode == 0
+
+    # URLs ------------------------------------------------------------------------------------
+
+    def url(self, database: str = "postgres") -> URL:
+        return URL.create(
+            "postgresql+asyncpg",
+            username="postgres",
+            host=LOOPBACK,
+            port=self.port,
+            database=database,
+        )
+
+    def dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@{LOOPBACK}:{self.port}/{database}"
+
+    # Databases -------------------------------------------------------------------------------
+
+    def create_database(self, template: str | None = None, migrate: bool = True) -> str:
+        """A new database; a copy of `template`, or migrated to head when `migrate`."""
+        name = f"rel_{uuid.uuid4().hex[:12]}"
+        source = f' TEMPLATE "{template}"' if template else ""
+
+        async def make() -> None:
+            connection = await asyncpg.connect(self.dsn(), timeout=10)
+            try:
+                await connection.execute(f'CREATE DATABASE "{name}"{source}')
+            finally:
+                await connection.close()
+            if migrate and template is None:
+                database = Database.from_url(self.url(name), quiet_settings())
+                try:
+                    await upgrade(database.engine)
+                finally:
+                    await database.dispose()
+
+        run_async(make)
+        return name
+
+    # Faults ----------------------------------------------------------------------------------
+
+    async def client_backends(self, database: str) -> list[int]:
+        """Pids of the client backends connected to `database` (ours excluded)."""
+        connection = await asyncpg.connect(self.dsn(database), timeout=5)
+        try:
+            rows = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        finally:
+            await connection.close()
+        return [int(row["pid"]) for row in rows]
+
+    async def kill_a_backend(self, database: str) -> int | None:
+        """SIGKILL one client backend: the postmaster then restarts the whole cluster."""
+        for pid in await self.client_backends(database):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue  # that backend ended meanwhile (a pool closing a connection)
+            return pid
+        return None
+
+
+@dataclass(frozen=True)
+class PrivateDb:
+    """A database of the test's own on a private cluster, in the forms tests want it."""
+
+    cluster: PrivateCluster
+    name: str
+
+    @property
+    def url(self) -> URL:
+        return self.cluster.url(self.name)
+
+    @property
+    def dsn(self) -> str:
+        return self.cluster.dsn(self.name)
+
+    @property
+    def url_text(self) -> str:
+        return self.url.render_as_string(hide_password=False)
+
+
+#: The `figures` fixture's type: `figures(sent=..., faults_injected=..., recovery_ms=...)`.
+Figures = Callable[..., None]
+
+
+def quiet_settings(**overrides: object) -> Settings:
+    """Settings for test-made engines: no env file, no auto-migration, `overrides` applied."""
+    return Settings(_env_file=None, auto_migrate=False, **overrides)  # type: ignore[call-arg]
+
+
+async def accepts_connections(dsn: str, within: float = 0.5) -> bool:
+    """One raw asyncpg connect + `SELECT 1`: the server's own view of "up"."""
+    # Any failure means "not up" (a probe cut off mid-way can even leave asyncpg's protocol in
+    # an internal error state): the probe never fails the test itself.
+    try:
+        connection = await asyncpg.connect(dsn, timeout=within)
+    except Exception:
+        return False
+    try:
+        await asyncio.wait_for(connection.fetchval("SELECT 1"), within)
+        return True
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            connection.terminate()
+
+
+async def scalar(dsn: str, query: str, *args: object) -> object:
+    """One value from the database, behind the service's back."""
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return await connection.fetchval(query, *args)
+    finally:
+        await connection.close()
+
+
+async def count_rows(dsn: str, where: str = "true", *args: object) -> int:
+    value = await scalar(dsn, f"SELECT count(*) FROM tutorials WHERE {where}", *args)
+    assert isinstance(value, int)
+    return value
+
+
+async def open_transactions(dsn: str, application_name: str | None = None) -> int:
+    """Sessions of this database idle in a transaction (a leaked transaction), ours excluded."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+    )
+    args: tuple[object, ...] = ()
+    if application_name is not None:
+        query += " AND application_name = $1"
+        args = (application_name,)
+    value = await scalar(dsn, query, *args)
+    assert isinstance(value, int)
+    return value
+
+
+async def sessions_of(dsn: str, application_name: str) -> list[dict[str, object]]:
+    """The server's view of a client's connections: pid, state, query."""
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        rows = await connection.fetch(
+            "SELECT pid, state, query FROM pg_stat_activity "
+            "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            application_name,
+        )
+    finally:
+        await connection.close()
+    return [dict(row) for row in rows]
+
+
+# A dead network --------------------------------------------------------------------------------
+
+
+#: Every rule we add carries this comment, so one left behind by a killed run can be found.
+RULE_COMMENT = "tutorials-reliability"
+
+
+def _rule(port: int) -> list[str]:
+    return [
+        "INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port),
+        "-m", "comment", "--comment", RULE_COMMENT, "-j", "DROP",
+    ]  # fmt: skip
+
+
+def _iptables(action: str, port: int) -> None:
+    subprocess.run(
+        ["iptables", "-w", "5", action, *_rule(port)], check=True, capture_output=True, timeout=30
+    )
+
+
+def remove_stale_rules() -> int:
+    """Delete DROP rules a previous, killed run left behind (ours only, by their comment)."""
+    listed = subprocess.run(
+        ["iptables", "-w", "5", "-S", "INPUT"], capture_output=True, text=True, timeout=30
+    )
+    removed = 0
+    for line in listed.stdout.splitlines():
+        if f"--comment {RULE_COMMENT}" in line and "--dport" in line:
+            port = int(line.split("--dport", 1)[1].split()[0])
+            _iptables("-D", port)
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def dropped_packets(port: int) -> Iterator[None]:
+    """Drop every loopback TCP packet to `port` (only a private cluster's), and always undo it."""
+    _iptables("-I", port)
+    try:
+        yield
+    finally:
+        _iptables("-D", port)
+
+
+# The service in a subprocess ------------------------------------------------------------------
+
+
+def service_env(database_url: str, **settings: str) -> dict[str, str]:
+    """A clean environment for `tutorials serve`: ours, without the developer's TUTORIALS_*."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TUTORIALS_") and key not in ("DATABASE_URL", "TEST_DATABASE_URL")
+    }
+    env["DATABASE_URL"] = database_url
+    env["TUTORIALS_AUTO_MIGRATE"] = "false"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(settings)
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    """`tutorials serve` in a subprocess; its output goes to a file we can grep afterwards."""
+
+    env: dict[str, str]
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / f"service-{self.port}.log"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-c", "from tutorials.cli import main; main()",
+            "serve", "--port", str(self.port), *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self.env,
+                cwd=self.workdir,  # no developer .env here
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_healthy(self, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise RuntimeError(f"the service exited early:\n{self.output()[-3000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"the service did not become healthy:\n{self.output()[-3000:]}")
+
+    def wait_healthy_blocking(self, within: float = 30) -> None:
+        """`wait_healthy` for sync fixtures (module-scoped services)."""
+        deadline = time.monotonic() + within
+        with httpx.Client(base_url=self.base_url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise RuntimeError(f"the service exited early:\n{self.output()[-3000:]}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/healthz").status_code == 200:
+                        return
+                time.sleep(0.05)
+        raise RuntimeError(f"the service did not become healthy:\n{self.output()[-3000:]}")
+
+    def error_lines(self) -> list[str]:
+        """Log lines at level error or above (JSON lines) and any raw traceback."""
+        return [
+            line
+            for line in self.output().splitlines()
+            if '"level": "error"' in line
+            or '"level": "critical"' in line
+            or line.startswith("Traceback")
+        ]
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; the exit code (None if it never started)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def output(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def start_service(env: dict[str, str], workdir: Path, *args: str) -> ServiceProcess:
+    """Start `tutorials serve` and block until /healthz answers (for sync module fixtures)."""
+    workdir.chmod(0o755)
+    service = ServiceProcess(env=env, workdir=workdir, extra_args=args)
+    service.start()
+    try:
+        service.wait_healthy_blocking()
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    env: dict[str, str], workdir: Path, *extra_args: str
+) -> AsyncIterator[ServiceProcess]:
+    """Start the service, wait for /healthz, yield it, and always stop it."""
+    service = ServiceProcess(env=env, workdir=workdir, extra_args=extra_args)
+    service.start()
+    try:
+        await service.wait_healthy()
+        yield service
+    finally:
+        service.stop()
+
+
+# Figures ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcomes:
+    """What clients saw during a fault: every answer classified, with when it arrived."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    ok: int = 0
+    unavailable: int = 0
+    #: Anything that is neither a success nor an honest "try again": the test fails on these.
+    bad: list[str] = field(default_factory=list)
+    acknowledged: set[str] = field(default_factory=set)
+    success_times: list[float] = field(default_factory=list)
+    failure_times: list[float] = field(default_factory=list)
+
+    def success(self, key: str | None = None) -> None:
+        self.ok += 1
+        self.success_times.append(time.monotonic())
+        if key is not None:
+            self.acknowledged.add(key)
+
+    def honest_failure(self) -> None:
+        self.unavailable += 1
+        self.failure_times.append(time.monotonic())
+
+    def bad_answer(self, what: str) -> None:
+        self.bad.append(what)
+        self.failure_times.append(time.monotonic())
+
+    def first_success_after(self, moment: float) -> float | None:
+        later = [t for t in self.success_times if t >= moment]
+        return min(later) if later else None
+
+
+@dataclass
+class Prober:
+    """Polls the server with raw connections; remembers when it went down and came back."""
+
+    dsn: str
+    interval: float = 0.01
+    down_at: list[float] = field(default_factory=list)
+    up_at: list[float] = field(default_factory=list)
+    #: Set each time the server comes back after being seen down.
+    came_back: asyncio.Event = field(default_factory=asyncio.Event)
+    _up: bool = True
+
+    async def run(self, stop: asyncio.Event, deadline: float) -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            up = await accepts_connections(self.dsn, within=0.5)
+            now = time.monotonic()
+            if up and not self._up:
+                self.up_at.append(now)
+                self.came_back.set()
+            elif not up and self._up:
+                self.down_at.append(now)
+            self._up = up
+            await asyncio.sleep(self.interval)
+
+    async def wait_back(self, within: float) -> None:
+        """Until the server was seen down and then up again (or `within` seconds passed)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.came_back.wait(), within)
+
+    def ready_after(self, moment: float) -> float | None:
+        later = [t for t in self.up_at if t >= moment]
+        return min(later) if later else None
+
+
+def ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+# Injected database errors ----------------------------------------------------------------------
+
+#: A trigger that makes the next `failures` writes to `tutorials` fail with a real SQLSTATE raised
+#: by the server. Attempts are counted in a sequence, which rollbacks do not undo.
+FAULT_TRIGGER_SQL = """
+CREATE TABLE rel_fault_plan (sqlstate text NOT NULL, failures integer NOT NULL);
+CREATE SEQUENCE rel_fault_attempts;
+CREATE FUNCTION rel_inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    plan record;
+    attempt bigint;
+BEGIN
+    SELECT * INTO plan FROM rel_fault_plan LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NEW;
+    END IF;
+    attempt := nextval('rel_fault_attempts');
+    IF attempt <= plan.failures THEN
+        RAISE EXCEPTION 'injected fault % of %', attempt, plan.failures
+            USING ERRCODE = plan.sqlstate;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER rel_inject_fault BEFORE INSERT OR UPDATE ON tutorials
+    FOR EACH ROW EXECUTE FUNCTION rel_inject_fault();
+"""
+
+
+async def install_fault_trigger(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await connection.execute(FAULT_TRIGGER_SQL)
+    finally:
+        await connection.close()
+
+
+async def plan_faults(dsn: str, sqlstate: str, failures: int) -> None:
+    """Make the next `failures` writes fail with `sqlstate` (and reset the attempt counter)."""
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        async with connection.transaction():
+            await connection.execute("DELETE FROM rel_fault_plan")
+            await connection.execute(
+                "INSERT INTO rel_fault_plan VALUES ($1, $2)", sqlstate, failures
+            )
+            await connection.execute("ALTER SEQUENCE rel_fault_attempts RESTART")
+    finally:
+        await connection.close()
+
+
+async def fault_attempts(dsn: str) -> int:
+    """How many writes reached the trigger since the last `plan_faults`."""
+    value = await scalar(
+        dsn, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM rel_fault_attempts"
+    )
+    assert isinstance(value, int)
+    return value
+
+
+# HTTP load ---------------------------------------------------------------------------------------
+
+
+def classify_answer(outcomes: Outcomes, response: httpx.Response, key: str | None) -> None:
+    """2xx: acknowledged; 503 with Retry-After: honest; anything else: a bad answer."""
+    if 200 <= response.status_code < 300:
+        outcomes.success(key)
+    elif response.status_code == 503 and response.headers.get("retry-after"):
+        outcomes.honest_failure()
+    else:
+        outcomes.bad_answer(f"{response.status_code}: {response.text[:200]}")
+
+
+async def http_write_load(
+    base_url: str,
+    outcomes: Outcomes,
+    stop: asyncio.Event,
+    *,
+    clients: int = 32,
+    per_client: int = 300,
+    deadline: float,
+    prefix: str = "http",
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """`clients` concurrent writers POSTing new tutorials until `stop`, a count, or `deadline`."""
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=15, limits=limits, headers=dict(headers or {})
+    ) as http:
+
+        async def writer(index: int) -> None:
+            for number in range(per_client):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                name = f"{prefix}-{index}-{number}"
+                outcomes.sent += 1
+                try:
+                    response = await http.post("/tutorials", json={"name": name})
+                except httpx.TransportError as exc:
+                    outcomes.bad_answer(f"transport: {type(exc).__name__}: {exc}"[:200])
+                    await asyncio.sleep(0.01)
+                    continue
+                classify_answer(outcomes, response, name)
+                if response.status_code == 503:
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(writer(index) for index in range(clients)))

@@ -1,0 +1,155 @@
+"""Serialization failures and deadlocks (40001 / 40P01): retried with backoff, then `Unavailable`.
+
+Two kinds of evidence. Injected: a trigger makes the next N writes fail with the SQLSTATE,
+raised by the server itself, so the whole path (driver, SQLAlchemy, classification, retry)
+is real and the number of attempts is counted on the server. Natural: a real deadlock and a
+real write-skew under SERIALIZABLE, which PostgreSQL detects on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from tests.reliability.harness import (
+    Figures,
+    PrivateDb,
+    fault_attempts,
+    install_fault_trigger,
+    ms,
+    plan_faults,
+    quiet_settings,
+    scalar,
+)
+
+from tutorials import repository
+from tutorials.db.session import Database
+from tutorials.errors import RetryableConflict, Unavailable
+
+ATTEMPTS = 3
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+async def test_injected_conflicts_are_retried_then_unavailable(
+    private_db: PrivateDb, figures: Figures, sqlstate: str
+) -> None:
+    await install_fault_trigger(private_db.dsn)
+    database = Database.from_url(private_db.url, quiet_settings(retry_attempts=ATTEMPTS))
+    try:
+        # One failure fewer than the attempts: the last try succeeds, the row is stored once.
+        await plan_faults(private_db.dsn, sqlstate, ATTEMPTS - 1)
+        started = time.monotonic()
+        saved = await database.run(lambda s: repository.add(s, {"name": "persistent"}))
+        retried_for = time.monotonic() - started
+        attempts_ok = await fault_attempts(private_db.dsn)
+
+        # As many failures as attempts: the caller gets a retryable Unavailable, nothing stored.
+        await plan_faults(private_db.dsn, sqlstate, ATTEMPTS)
+        with pytest.raises(RetryableConflict) as raised:
+            await database.run(lambda s: repository.add(s, {"name": "given up"}))
+        attempts_failed = await fault_attempts(private_db.dsn)
+    finally:
+        await database.dispose()
+    stored = await scalar(
+        private_db.dsn, "SELECT count(*) FROM tutorials WHERE name = 'persistent'"
+    )
+    given_up = await scalar(
+        private_db.dsn, "SELECT count(*) FROM tutorials WHERE name = 'given up'"
+    )
+    figures(
+        face="library",
+        fault=f"injected SQLSTATE {sqlstate}",
+        sent=2,
+        faults_injected=2 * ATTEMPTS - 1,
+        attempts_when_recovering=attempts_ok,
+        attempts_when_giving_up=attempts_failed,
+        retried_for_ms=ms(retried_for),
+        rows_found=stored,
+    )
+    assert saved.name == "persistent"
+    assert attempts_ok == ATTEMPTS
+    assert attempts_failed == ATTEMPTS
+    assert isinstance(raised.value, Unavailable)
+    assert stored == 1
+    assert given_up == 0
+
+
+async def test_a_real_deadlock_is_retried_and_both_succeed(
+    private_db: PrivateDb, figures: Figures
+) -> None:
+    database = Database.from_url(private_db.url, quiet_settings(retry_attempts=ATTEMPTS))
+    first = await database.run(lambda s: repository.add(s, {"name": "a"}))
+    second = await database.run(lambda s: repository.add(s, {"name": "b"}))
+    both_locked_one = asyncio.Barrier(2)
+    attempts = {"forward": 0, "backward": 0}
+
+    def crossing(label: str, one: int, other: int) -> object:
+        async def work(session: AsyncSession) -> None:
+            attempts[label] += 1
+            await repository.update(session, one, {"description": label})
+            if attempts[label] == 1:  # only the first attempts meet; a retry runs alone
+                async with asyncio.timeout(5):
+                    await both_locked_one.wait()
+            await repository.update(session, other, {"description": label})
+
+        return work
+
+    try:
+        async with asyncio.timeout(20):
+            await asyncio.gather(
+                database.run(crossing("forward", first.tutorial_id, second.tutorial_id)),
+                database.run(crossing("backward", second.tutorial_id, first.tutorial_id)),
+            )
+    finally:
+        await database.dispose()
+    versions = await scalar(private_db.dsn, "SELECT sum(version) FROM tutorials")
+    figures(
+        face="library",
+        fault="real deadlock (40P01)",
+        sent=2,
+        attempts=sum(attempts.values()),
+        final_version_sum=versions,
+    )
+    assert sorted(attempts.values()) == [1, 2]  # one victim, retried once
+    assert versions == 2 + 4  # each row updated twice, by committed units only
+
+
+async def test_a_real_serialization_failure_is_retried(
+    private_db: PrivateDb, figures: Figures
+) -> None:
+    """Write skew under SERIALIZABLE: each reads the count then inserts; one must retry."""
+    database = Database.from_url(private_db.url, quiet_settings(retry_attempts=ATTEMPTS))
+    both_read = asyncio.Barrier(2)
+    attempts = {"left": 0, "right": 0}
+
+    def skewed(label: str) -> object:
+        async def work(session: AsyncSession) -> None:
+            attempts[label] += 1
+            await session.execute(text("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"))
+            seen = await repository.count(session)
+            if attempts[label] == 1:
+                async with asyncio.timeout(5):
+                    await both_read.wait()
+            await repository.add(session, {"name": f"{label} saw {seen}"})
+
+        return work
+
+    try:
+        async with asyncio.timeout(20):
+            await asyncio.gather(database.run(skewed("left")), database.run(skewed("right")))
+    finally:
+        await database.dispose()
+    names = await scalar(private_db.dsn, "SELECT array_agg(name ORDER BY name) FROM tutorials")
+    figures(
+        face="library",
+        fault="real serialization failure (40001)",
+        sent=2,
+        attempts=sum(attempts.values()),
+        rows=names,
+    )
+    assert sorted(attempts.values()) == [1, 2]
+    # The retried one saw the other's row: the result is as if they ran one after the other.
+    assert isinstance(names, list) and sorted(name.split()[-1] for name in names) == ["0", "1"]
