@@ -101,6 +101,20 @@ _CONSTRAINT_DETAILS = {
 }
 
 
+_CONFIGURATION_CODES = frozenset({"28P01", "28000", "3D000"})
+
+
+def _server_message(error: BaseException) -> str | None:
+    current: BaseException | None = error
+    while current is not None:
+        if isinstance(getattr(current, "sqlstate", None), str) and not hasattr(current, "orig"):
+            message = getattr(current, "message", None) or str(current)
+            return str(message).splitlines()[0] if message else None
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return None
+
+
 def sqlstate_of(error: BaseException) -> str | None:
     """The SQLSTATE carried by a driver error, however SQLAlchemy wrapped it."""
     seen: set[int] = set()
@@ -146,6 +160,10 @@ def classify(error: BaseException) -> TutorialsError | None:
         if rule is None:
             return None
         detail = _CONSTRAINT_DETAILS.get(_constraint_name(error) or "", rule.detail)
+        if code in _CONFIGURATION_CODES:
+            # The server's words name the database or role from the configured URL (never
+            # its password): the one thing an operator needs to fix it.
+            detail = f"cannot open the database: {_server_message(error) or rule.detail}"
         return rule.kind(detail)
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return Unavailable("lost the connection to the database")

@@ -26,6 +26,7 @@ from tutorials.schemas import (
     check_id,
     check_query,
     check_tags,
+    check_version,
     invalid_input,
 )
 
@@ -62,7 +63,7 @@ async def save_tutorial(tutorial: Tutorial | TutorialCreate) -> Tutorial:
     if existing_id is None:
         return await database.fast(lambda connection: repository.add(connection, values))
     tutorial_id = check_id(existing_id)
-    expected = tutorial.version if isinstance(tutorial, Tutorial) else None
+    expected = check_version(tutorial.version if isinstance(tutorial, Tutorial) else None)
     return await database.fast(
         lambda connection: repository.update(
             connection, tutorial_id, values, expected_version=expected
@@ -82,6 +83,7 @@ async def get_tutorial(tutorial_id: int) -> Tutorial | None:
 async def update_tutorial(
     tutorial_id: int, patch: TutorialPatch, *, expected_version: int | None = None
 ) -> Tutorial:
+    expected_version = check_version(expected_version)
     """Apply a partial update; `NotFound` / `StaleVersion` as the repository says."""
     check_id(tutorial_id)
     changes = patch.changes()
@@ -104,6 +106,7 @@ async def update_tutorial(
 
 
 async def delete_tutorial(tutorial_id: int, *, expected_version: int | None = None) -> bool:
+    expected_version = check_version(expected_version)
     """Delete a tutorial; True if it existed."""
     check_id(tutorial_id)
     database = await default_database()

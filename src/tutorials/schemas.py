@@ -86,7 +86,8 @@ Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(_
 Tag = Annotated[str, Field(max_length=TAG_MAX), AfterValidator(_tag)]
 Tags = Annotated[list[Tag], Field(max_length=TAGS_MAX), AfterValidator(_unique_tags)]
 TutorialId = Annotated[int, Field(ge=1, le=MAX_ID)]
-Version = Annotated[int, Field(ge=1, le=2**31 - 1)]
+VERSION_MAX = 2**31 - 1
+Version = Annotated[int, Field(ge=1, le=VERSION_MAX)]
 PageLimit = Annotated[int, Field(ge=1, le=PAGE_MAX)]
 
 
@@ -158,6 +159,18 @@ def invalid_input(error: ValidationError, prefix: tuple[str | int, ...] = ()) ->
         f"{'.'.join(str(part) for part in e.loc) or 'body'}: {e.msg}" for e in errors
     )
     return InvalidInput(f"invalid input: {summary}", errors)
+
+
+def check_version(version: int | None) -> int | None:
+    """An expected version (optimistic concurrency) that the integer column could hold."""
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION_MAX:
+        raise InvalidInput(
+            f"expected version must be between 1 and {VERSION_MAX}",
+            [FieldError(("version",), f"must be between 1 and {VERSION_MAX}")],
+        )
+    return version
 
 
 def check_id(tutorial_id: int) -> int:

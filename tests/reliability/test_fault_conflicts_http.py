@@ -192,15 +192,6 @@ async def test_re_reading_the_etag_loses_no_update(
     assert ok > 0 and stale > 0, "no contention: nothing was tested"
 
 
-OVERFLOW_CHECKIN_OUTSIDE_GREENLET = (
-    "bug: src/tutorials/db/session.py Database._fast_once returns the connection with a "
-    "synchronous proxied.close() outside SQLAlchemy's greenlet; when the pool queue is full (every "
-    "overflow connection) the pool closes it with await_() -> MissingGreenlet, logged at ERROR "
-    "with a traceback ('Exception closing connection'), and the connection is never closed cleanly"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=OVERFLOW_CHECKIN_OUTSIDE_GREENLET)
 async def test_overflow_connections_come_and_go_without_errors(
     service: ServiceProcess, module_db: PrivateDb, figures: Figures
 ) -> None:

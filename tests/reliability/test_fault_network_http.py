@@ -34,14 +34,7 @@ DEADLINE = CONNECT_TIMEOUT + 2 * (STATEMENT_TIMEOUT_MS / 1000 + 1.0) + 1.0
 HANG = DEADLINE + 1.5
 REQUESTS = 8
 
-NO_CLIENT_DEADLINE = (
-    "bug: src/tutorials/db/engine.py create_engine sets no client-side deadline (asyncpg "
-    "command_timeout): a request on an open pooled connection waits for the OS TCP timeout "
-    "when packets are dropped, instead of 503 within the statement timeout"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=NO_CLIENT_DEADLINE)
 async def test_dead_network_answers_503_within_the_deadline(
     own_db: PrivateDb, tmp_path: Path, figures: Figures
 ) -> None:

@@ -91,14 +91,6 @@ async def _recovers(database: Database, deadline: float) -> float | None:
     return None
 
 
-NO_CLIENT_DEADLINE = (
-    "bug: src/tutorials/db/engine.py create_engine sets no client-side deadline "
-    "(asyncpg command_timeout), so pool_pre_ping and statements on an open connection wait "
-    "for the OS TCP timeout when packets are dropped"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=NO_CLIENT_DEADLINE)
 async def test_dead_network_with_a_warm_pool(private_db: PrivateDb, figures: Figures) -> None:
     database = _database(private_db)
     try:
@@ -155,7 +147,6 @@ async def test_dead_network_with_an_empty_pool(private_db: PrivateDb, figures: F
     assert recovery is not None
 
 
-@pytest.mark.xfail(strict=True, reason=NO_CLIENT_DEADLINE)
 async def test_dead_network_in_the_middle_of_a_transaction(
     private_db: PrivateDb, figures: Figures
 ) -> None:

@@ -123,13 +123,6 @@ def test_ids_no_row_can_have(database_env: URL, seeded: str) -> None:
     assert refusals.failures == []
 
 
-ID_PARSE_SLOPPY = (
-    "bug: tutorials.cli.catalog.parse_id uses int(), which accepts '1_0' (= 10), ' 1' and "
-    "non-ASCII digits ('\\u0661' = 1): a typo silently addresses another tutorial"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=ID_PARSE_SLOPPY)
 def test_ids_are_plain_ascii_digits(database_env: URL, seeded: str) -> None:
     refusals = Refusals(seeded)
     for bad in ("1_0", "\u0661", "\uff11"):  # underscore grouping, Arabic-Indic, fullwidth
@@ -165,14 +158,6 @@ def test_list_and_search_parameters(database_env: URL, seeded: str) -> None:
     assert refusals.failures == []
 
 
-VERSION_UNBOUNDED = (
-    "bug: tutorials.cli.catalog update/delete pass --if-version to the int32 `version` column "
-    "unchecked; asyncpg's client-side overflow has no SQLSTATE, so the command dies with a "
-    "DBAPIError traceback (exit 1) instead of exit 2"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=VERSION_UNBOUNDED)
 def test_if_version_past_int32(database_env: URL, seeded: str) -> None:
     refusals = Refusals(seeded)
     refusals.expect(["update", "1", "--name", "x", "--if-version", str(2**31)], "version")
@@ -215,14 +200,6 @@ def test_invalid_utf8_on_a_real_command_line(
     assert snapshot(seeded) == before
 
 
-MALFORMED_URL_TRACEBACK = (
-    "bug: a malformed or unsupported DATABASE_URL makes every command die with a ValueError "
-    "traceback (exit 1): Settings.sqlalchemy_url / normalize_database_url raise ValueError, which "
-    "neither tutorials.db.engine.resolve_url nor cli._app.guarded turns into a domain error"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=MALFORMED_URL_TRACEBACK)
 def test_malformed_database_url_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from tutorials.settings import get_settings
 

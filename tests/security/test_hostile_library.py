@@ -155,14 +155,6 @@ async def test_expected_versions_no_row_has_yet(library_env: URL, seeded: str) -
     assert refusals.failures == []
 
 
-VERSION_UNBOUNDED = (
-    "bug: tutorials.library.update_tutorial / delete_tutorial pass expected_version to the "
-    "int32 `version` column unchecked; the driver's client-side overflow comes back as the vague "
-    "InvalidInput('the database refused the value') (earlier: a raw DBAPIError), naming no field"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=VERSION_UNBOUNDED)
 async def test_expected_versions_past_int32(library_env: URL, seeded: str) -> None:
     refusals = Refusals(seeded)
     for version in (2**31, 2**63):

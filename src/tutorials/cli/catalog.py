@@ -6,6 +6,7 @@ work through the repository.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -34,6 +35,7 @@ from tutorials.schemas import (
     check_id,
     check_query,
     check_tags,
+    check_version,
     invalid_input,
 )
 
@@ -50,13 +52,16 @@ CursorOption = Annotated[
 ]
 
 
+_DIGITS = re.compile(r"[0-9]{1,20}")
+
+
 def parse_id(raw: str) -> int:
     """An id from the command line, refused clearly if it cannot be a tutorial's id."""
-    try:
-        value = int(raw)
-    except ValueError:
+    # ASCII digits only: int() would also read "1_0" as 10 and fullwidth digits as ASCII, silently
+    # addressing another tutorial than the one typed.
+    if not _DIGITS.fullmatch(raw):
         fail(f"tutorial id must be a whole number, got {raw!r}", 2)
-    return check_id(value)
+    return check_id(int(raw))
 
 
 def add(
@@ -134,6 +139,7 @@ def update(
 ) -> None:
     """Change some fields of a tutorial (the others stay as they are)."""
     key = parse_id(tutorial_id)
+    expected_version = check_version(expected_version)
     sent: dict[str, object] = {}
     if name is not None:
         sent["name"] = name
@@ -168,6 +174,7 @@ def delete(
 ) -> None:
     """Delete a tutorial."""
     key = parse_id(tutorial_id)
+    expected_version = check_version(expected_version)
     deleted = with_database(
         lambda db: db.run(lambda s: repository.delete(s, key, expected_version=expected_version))
     )

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from tutorials.errors import InvalidInput
 from tutorials.settings import Settings, normalize_database_url
 
 #: A connection that sat in the pool at least this long is pinged (one round trip) before use;
@@ -56,6 +57,12 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if "timeout" not in url.query:
         connect_args["timeout"] = settings.connect_timeout
+    if settings.statement_timeout_ms > 0 and "command_timeout" not in url.query:
+        # A client-side deadline just past the server's: when the network dies under an open
+        # connection, the server cannot cancel anything and only this stops the wait (else the
+        # OS's TCP timeout, ~15 min). It also holds behind PgBouncer, where startup parameters
+        # such as statement_timeout are refused.
+        connect_args["command_timeout"] = settings.statement_timeout_ms / 1000 + 1
     if settings.pgbouncer:
         connect_args["statement_cache_size"] = 0
         connect_args["prepared_statement_cache_size"] = 0
@@ -114,7 +121,10 @@ def resolve_url(settings: Settings) -> URL:
 
     Blocking: starting the embedded server runs subprocesses. Async callers use `aresolve_url`.
     """
-    url = settings.sqlalchemy_url()
+    try:
+        url = settings.sqlalchemy_url()
+    except ValueError as exc:  # the message never contains the password
+        raise InvalidInput(f"DATABASE_URL: {exc}") from None
     if url is not None:
         return url
     from tutorials.db.embedded import EmbeddedPostgres, default_root

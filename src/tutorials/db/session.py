@@ -29,7 +29,8 @@ import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.util import greenlet_spawn
 
 from tutorials.db.engine import aresolve_url, create_engine
 from tutorials.errors import (
@@ -163,13 +164,13 @@ class Database:
                 raise
             raise domain from exc
         finally:
-            # Synchronous on purpose: cancellation cannot interrupt it, so the pool slot is
-            # always returned. A connection in an unknown state (cancelled mid-statement, an
-            # unexpected client error, a transaction left open) is closed, not reused.
-            if not reusable or connection.is_closed() or connection.is_in_transaction():
-                proxied.invalidate()
+            # A connection in an unknown state (cancelled mid-statement, an unexpected client
+            # error, a transaction left open) is closed, not reused. Check-in runs inside
+            # SQLAlchemy's greenlet (closing an overflow connection awaits the driver) and is
+            # shielded, so cancellation cannot stop the pool slot from coming back.
+            discard = not reusable or connection.is_closed() or connection.is_in_transaction()
             busy = self._busy()
-            proxied.close()
+            await _shielded(greenlet_spawn(_check_in, proxied, discard))
         if busy:
             # Fairness. Returning the connection woke the task that has waited longest for one,
             # but the queue hands an available connection to whoever asks first, and our caller
@@ -193,6 +194,12 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _check_in(proxied: PoolProxiedConnection, discard: bool) -> None:
+    if discard:
+        proxied.invalidate()
+    proxied.close()
 
 
 class _ConnectionLost(Exception):
