@@ -8,6 +8,7 @@ text: messages change between PostgreSQL versions and locales, SQLSTATEs do not.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import exc as sa_exc
@@ -104,40 +105,34 @@ _CONSTRAINT_DETAILS = {
 _CONFIGURATION_CODES = frozenset({"28P01", "28000", "3D000"})
 
 
-def _server_message(error: BaseException) -> str | None:
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: SQLAlchemy's `.orig`, then the driver's `__cause__`."""
+    seen: set[int] = set()
     current: BaseException | None = error
-    while current is not None:
-        if isinstance(getattr(current, "sqlstate", None), str) and not hasattr(current, "orig"):
-            message = getattr(current, "message", None) or str(current)
-            return str(message).splitlines()[0] if message else None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
         orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) else current.__cause__
+
+
+def _first_str(error: BaseException, attribute: str) -> str | None:
+    for link in _chain(error):
+        value = getattr(link, attribute, None)
+        if isinstance(value, str):
+            return value
     return None
 
 
 def sqlstate_of(error: BaseException) -> str | None:
     """The SQLSTATE carried by a driver error, however SQLAlchemy wrapped it."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        code = getattr(current, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return None
+    return _first_str(error, "sqlstate")
 
 
-def _constraint_name(error: BaseException) -> str | None:
-    current: BaseException | None = error
-    while current is not None:
-        name = getattr(current, "constraint_name", None)
-        if isinstance(name, str):
-            return name
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return None
+def _server_message(error: BaseException) -> str | None:
+    """The first line of the server's own message (asyncpg's `PostgresError.message`)."""
+    message = _first_str(error, "message")
+    return message.splitlines()[0] if message else None
 
 
 def classify(error: BaseException) -> TutorialsError | None:
@@ -159,7 +154,7 @@ def classify(error: BaseException) -> TutorialsError | None:
             return Unavailable("lost the connection to the database")
         if rule is None:
             return None
-        detail = _CONSTRAINT_DETAILS.get(_constraint_name(error) or "", rule.detail)
+        detail = _CONSTRAINT_DETAILS.get(_first_str(error, "constraint_name") or "", rule.detail)
         if code in _CONFIGURATION_CODES:
             # The server's words name the database or role from the configured URL (never
             # its password): the one thing an operator needs to fix it.
