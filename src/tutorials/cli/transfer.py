@@ -1,0 +1,452 @@
+"""`tutorials import` and `tutorials export`: bulk transfer from and to files, at COPY speed.
+
+The work is `tutorials.transfer`'s; this module only opens files, shows progress and the
+summary, and picks the exit code:
+
+- 0: every row was imported (or exported);
+- 1: the run finished, but some rows were rejected, or it stopped early (`--max-errors`, an
+  unreadable JSON array); the good rows are in, the summary says what happened to the rest;
+- 2: nothing was done: a usage error (no such file, unknown format, bad CSV header, ...);
+- 5: the database is unavailable (batches committed before stay: run the import again).
+
+Progress goes to stderr: a bar with rows/s and ETA on a terminal, a plain line every few
+seconds otherwise, nothing with `--quiet`. The summary goes to stdout (a table, or `--json`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from tutorials.cli._app import (
+    EXIT_ERROR,
+    EXIT_INVALID,
+    fail,
+    guarded,
+    stderr,
+    stdout,
+    with_database,
+)
+from tutorials.errors import TutorialsError
+from tutorials.transfer import (
+    DEFAULT_BATCH,
+    EXPORT_FORMATS,
+    IMPORT_FORMATS,
+    ON_CONFLICT_MODES,
+    ImportSummary,
+    RowError,
+    export_rows,
+    import_file,
+)
+
+#: Exit code of an import that rejected rows or stopped early (the good rows are in).
+EXIT_REJECTED = EXIT_ERROR
+#: Seconds between two plain progress lines when stderr is not a terminal.
+PLAIN_PROGRESS_EVERY = 5.0
+#: Rejected rows shown on stderr at the end (all of them go to --errors FILE).
+SHOWN_ERRORS = 5
+
+_EXTENSIONS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json"}
+
+
+class _ReaderGone(Exception):
+    """Standard output was closed by its reader (`tutorials export | head`)."""
+
+
+def guess_format(path: str, given: str | None, known: tuple[str, ...]) -> str:
+    """The format asked for, or the one the file's extension names."""
+    if given is not None:
+        if given not in known:
+            fail(f"unknown format {given!r}: use one of {', '.join(known)}", EXIT_INVALID)
+        return given
+    guessed = _EXTENSIONS.get(Path(path).suffix.lower()) if path != "-" else None
+    if guessed is None or guessed not in known:
+        fail(
+            f"cannot tell the format of {path!r}: give --format ({', '.join(known)})",
+            EXIT_INVALID,
+        )
+    return guessed
+
+
+class CountingReader(io.RawIOBase):
+    """A binary file that counts the bytes read from it (for progress and ETA)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _size_of(file: IO[bytes]) -> int | None:
+    try:
+        info = os.fstat(file.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _writable(text: str) -> str:
+    """The text as read: bytes that were not UTF-8 go back out as they came (surrogateescape);
+    anything else that cannot be encoded (a lone surrogate from a library caller) is escaped."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+class ErrorsFile:
+    """Rejected rows written as they come: CSV (line,reason,text) or NDJSON, by extension."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.file = open(path, "w", encoding="utf-8", newline="", errors="surrogateescape")  # noqa: SIM115
+        except OSError as exc:
+            fail(f"cannot write {path}: {exc.strerror}", EXIT_INVALID)
+        self.csv = None
+        if path.lower().endswith(".csv"):
+            self.csv = csv.writer(self.file)
+            self.csv.writerow(["line", "reason", "text"])
+
+    def write(self, error: RowError) -> None:
+        text = _writable(error.text or "")
+        if self.csv is not None:
+            self.csv.writerow([error.line, error.reason, text])
+        else:
+            record = {"line": error.line, "reason": error.reason, "text": error.text and text}
+            self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ImportProgress:
+    """Progress on stderr: a Rich bar on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, reader: CountingReader, total: int | None, quiet: bool) -> None:
+        self.reader = reader
+        self.total = total
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.bar: Progress | None = None
+        self.plain = not quiet and not stderr.is_terminal
+        #: The summary as of the last committed batch (None before the first).
+        self.last: ImportSummary | None = None
+        if not quiet and stderr.is_terminal:
+            self.bar = Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rows]:,} rows, {task.fields[rate]:,.0f} rows/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=stderr,
+                transient=True,
+            )
+            self.task = self.bar.add_task("import", total=total, rows=0, rate=0.0)
+
+    def __enter__(self) -> ImportProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def rate(self, rows: int) -> float:
+        return rows / max(time.monotonic() - self.started, 1e-9)
+
+    def __call__(self, summary: ImportSummary) -> None:
+        self.last = summary
+        rows = summary.rows
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.reader.count, rows=rows, rate=self.rate(rows))
+        elif self.plain and time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY:
+            self.last_line = time.monotonic()
+            done = f", {100 * self.reader.count / self.total:.0f}%" if self.total else ""
+            print(
+                f"imported {rows:,} rows ({self.rate(rows):,.0f} rows/s{done})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def print_summary(summary: ImportSummary, elapsed: float) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name in ("inserted", "updated", "unchanged", "skipped", "duplicates", "rejected"):
+        table.add_row(name, f"{getattr(summary, name):,}")
+    rate = summary.rows / elapsed if elapsed > 0 else 0.0
+    table.add_row("rows", f"{summary.rows:,} in {elapsed:.1f} s ({rate:,.0f} rows/s)")
+    stdout.print(table)
+
+
+def _open_source(path: str) -> IO[bytes]:
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")  # closed by the caller's ExitStack
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", EXIT_INVALID)
+
+
+def import_(
+    path: Annotated[
+        str, typer.Argument(help="The file to import, or - for standard input.", show_default=False)
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="csv, ndjson or json (default: from the file's extension)."
+        ),
+    ] = None,
+    on_conflict: Annotated[
+        str,
+        typer.Option(
+            "--on-conflict",
+            help="A url already stored: update it (if different), skip the row, or reject it.",
+        ),
+    ] = "update",
+    errors: Annotated[
+        str | None,
+        typer.Option(
+            "--errors", help="Write rejected rows (line, reason, text) here: .csv, else NDJSON."
+        ),
+    ] = None,
+    max_errors: Annotated[
+        int | None,
+        typer.Option("--max-errors", min=0, help="Stop once more than N rows were rejected."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Rows per transaction.")
+    ] = DEFAULT_BATCH,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress and no summary.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Import tutorials from a file (see IMPORT_HELP)."""
+    kind = guess_format(path, format, IMPORT_FORMATS)
+    if on_conflict not in ON_CONFLICT_MODES:
+        fail(
+            f"--on-conflict must be one of {', '.join(ON_CONFLICT_MODES)}, not {on_conflict!r}",
+            EXIT_INVALID,
+        )
+    with ExitStack() as stack:
+        raw = _open_source(path)
+        if path != "-":
+            stack.callback(raw.close)
+        reader = CountingReader(raw)
+        on_error: Callable[[RowError], None] | None = None
+        if errors is not None:
+            errors_file = ErrorsFile(errors)
+            stack.callback(errors_file.close)
+            on_error = errors_file.write
+        progress = stack.enter_context(ImportProgress(reader, _size_of(raw), quiet))
+        started = time.monotonic()
+        try:
+            summary = with_database(
+                lambda database: import_file(
+                    database,
+                    reader,
+                    format=kind,
+                    on_conflict=on_conflict,
+                    batch_size=batch_size,
+                    max_errors=max_errors,
+                    on_progress=progress,
+                    on_error=on_error,
+                )
+            )
+        except TutorialsError:
+            progress.close()
+            if progress.last is not None and not quiet:
+                done = progress.last
+                stderr.print(
+                    f"before the failure: {done.inserted:,} inserted, {done.updated:,} updated "
+                    "in committed batches; run the same import again to finish it",
+                    markup=False,
+                    highlight=False,
+                )
+            raise
+        elapsed = time.monotonic() - started
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    elif not quiet:
+        print_summary(summary, elapsed)
+    if summary.rejected and not quiet:
+        for error in summary.errors[:SHOWN_ERRORS]:
+            stderr.print(f"line {error.line}: {error.reason}", markup=False, highlight=False)
+        more = summary.rejected - min(len(summary.errors), SHOWN_ERRORS)
+        if more > 0:
+            hint = f" (all in {errors})" if errors else " (--errors FILE writes them all)"
+            stderr.print(f"... and {more:,} more rejected rows{hint}", markup=False)
+    if summary.stopped is not None:
+        stderr.print(f"stopped: {summary.stopped}", markup=False, highlight=False)
+    if summary.rejected or summary.stopped is not None:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def export(
+    path: Annotated[str, typer.Argument(help="Where to write, or - for standard output.")] = "-",
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="csv, ndjson or json (default: from the file's extension, else csv).",
+        ),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", help="Only tutorials with this tag (repeat: all of them)."),
+    ] = None,
+    query: Annotated[
+        str | None,
+        typer.Option(
+            "--q", "--query", help='Only tutorials matching this search ("a phrase", -not).'
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No closing line.")] = False,
+) -> None:
+    """Export tutorials to a file (see EXPORT_HELP)."""
+    if format is None and (path == "-" or Path(path).suffix.lower() not in _EXTENSIONS):
+        kind = "csv"
+    else:
+        kind = guess_format(path, format, EXPORT_FORMATS)
+    started = time.monotonic()
+    if path == "-":
+        out = sys.stdout.buffer
+
+        async def to_stdout(data: bytes) -> None:
+            # written directly: this command's event loop has nothing else to do, and a full
+            # pipe holding it back holds the COPY back too, which is what we want
+            try:
+                out.write(data)
+            except BrokenPipeError:
+                raise _ReaderGone from None
+
+        try:
+            rows = with_database(
+                lambda database: export_rows(
+                    database, to_stdout, format=kind, tags=tag or [], query=query
+                )
+            )
+            out.flush()
+        except (_ReaderGone, BrokenPipeError):
+            # the reader went away (`| head`): not an error; keep Python quiet at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+    else:
+        rows = _export_to_path(Path(path), kind, tag or [], query)
+    if not quiet:
+        elapsed = time.monotonic() - started
+        where = "standard output" if path == "-" else path
+        stderr.print(
+            f"exported {rows:,} rows to {where} in {elapsed:.1f} s",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _export_to_path(target: Path, kind: str, tags: list[str], query: str | None) -> int:
+    """Write the export to `target`: a regular file whole or not at all, anything else through.
+
+    A regular file (or a new one) is written to a private temporary file beside it, which then
+    replaces it, so a failed export never leaves half a file. A device, a FIFO or a symlink is
+    written through, as given: replacing it would swap `/dev/null` (or the file a link points
+    to) for a regular file.
+    """
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        try:
+            file = target.open("wb")
+        except OSError as exc:
+            fail(f"cannot write {target}: {exc.strerror}", EXIT_INVALID)
+        with file:
+            return with_database(
+                lambda database: export_rows(database, file, format=kind, tags=tags, query=query)
+            )
+    try:
+        descriptor, name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
+        )
+    except OSError as exc:
+        fail(f"cannot write {target}: {exc.strerror}", EXIT_INVALID)
+    partial = Path(name)
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else _default_mode()
+        os.chmod(descriptor, mode)
+        with os.fdopen(descriptor, "wb") as file:
+            rows = with_database(
+                lambda database: export_rows(database, file, format=kind, tags=tags, query=query)
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return rows
+
+
+IMPORT_HELP = (
+    "Import tutorials from CSV (header name,url,description,tags; tags separated by ';'), "
+    "NDJSON or a JSON array, streamed. Every row is validated like an API request; rows with a "
+    "url are upserted by it, and a url-less row identical to a stored one is not added again, "
+    "so importing the same file twice changes nothing. Each batch commits whole or not at "
+    "all: after a crash, run the same import again.\n\n"
+    "Exit codes: 0 all rows imported; 1 some rows rejected or the run stopped early (the good "
+    "rows are in); 2 nothing done (usage error); 5 database unavailable."
+)
+EXPORT_HELP = (
+    "Export tutorials (all, or those matching every --tag and --q), oldest first, as CSV, "
+    "NDJSON or a JSON array that `tutorials import` reads back unchanged. A file is written "
+    "whole or not at all."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import", help=IMPORT_HELP)(guarded(import_))
+    app.command("export", help=EXPORT_HELP)(guarded(export))
