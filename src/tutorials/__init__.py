@@ -36,12 +36,14 @@ from tutorials.models import Base, Tutorial
 from tutorials.repository import Page
 from tutorials.schemas import TutorialCreate, TutorialPatch, TutorialRead
 from tutorials.settings import Settings, get_settings
+from tutorials.transfer import ImportSummary, export_rows, import_file, import_rows
 
 __all__ = [
     "Base",
     "Conflict",
     "Database",
     "FieldError",
+    "ImportSummary",
     "InvalidInput",
     "NotFound",
     "Page",
@@ -56,9 +58,12 @@ __all__ = [
     "Unavailable",
     "close_default_database",
     "delete_tutorial",
+    "export_rows",
     "get_session",
     "get_settings",
     "get_tutorial",
+    "import_file",
+    "import_rows",
     "list_tutorials",
     "save_tutorial",
     "search_tutorials",
