@@ -165,9 +165,10 @@ def ours(dsn: str, *args: str) -> Run:
     return timed([*tutorials_command(), *args], our_env(dsn))
 
 
-def warm_up(dsn: str) -> Run:
+def warm_up(dsn: str, directory: Path) -> Run:
     """One untimed start, so the bytecode cache exists (as after any first run)."""
-    return timed([*tutorials_command(), "export", os.devnull, "--quiet"], our_env(dsn))
+    target = directory / "warm-up.csv"
+    return timed([*tutorials_command(), "export", str(target), "--quiet"], our_env(dsn))
 
 
 def _check(run: Run, what: str) -> Run:
@@ -195,7 +196,7 @@ async def measure(
             f"\\copy tutorials(name, url, description, tags) FROM '{theirs}' "
             "WITH (FORMAT csv, HEADER true)"
         )
-        startup = _check(warm_up(dsn), "warm-up")
+        startup = _check(warm_up(dsn, directory), "warm-up")
         for round_ in range(rounds):
             order = ("psql", "ours") if round_ % 2 == 0 else ("ours", "psql")
             for who in order:

@@ -220,14 +220,6 @@ def test_malformed_database_url_is_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     assert failures == []
 
 
-IMPORT_DEEP_JSON = (
-    "bug: src/tutorials/transfer/readers.py read_ndjson / read_json catch ValueError only: a "
-    "deeply nested row raises RecursionError and `tutorials import` dies with a traceback "
-    "instead of rejecting that row (exit 1 with the row's line in the summary)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=IMPORT_DEEP_JSON)
 def test_import_rejects_a_deeply_nested_row(database_env: URL, seeded: str, tmp_path: Path) -> None:
     refusals = []
     deep = b"[" * 5000 + b"]" * 5000
@@ -247,14 +239,6 @@ def test_import_rejects_a_deeply_nested_row(database_env: URL, seeded: str, tmp_
     assert refusals == []
 
 
-EXPORT_REPLACES_DEVICES = (
-    "bug: src/tutorials/cli/transfer.py export writes PATH.partial then os.replace()s it onto "
-    "PATH, whatever PATH is: `tutorials export /dev/null` (benchmarks/bulk.py runs exactly that) "
-    "replaces the machine's /dev/null with a regular file, breaking every later process"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=EXPORT_REPLACES_DEVICES)
 def test_export_to_a_device_writes_through_it(
     database_env: URL, seeded: str, tmp_path: Path
 ) -> None:

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
-import pytest
 from tests.security.corpus import (
     BAD_IDS,
     FORGED_CURSORS,
@@ -351,15 +350,6 @@ async def test_import_route_takes_the_good_rows_and_reports_the_bad(
     assert {row["name"].strip() for row in good} <= names
 
 
-IMPORT_DEEP_JSON = (
-    "bug: src/tutorials/transfer/readers.py read_ndjson (json.loads) and read_json "
-    "(JSONDecoder.raw_decode) catch ValueError only; a deeply nested line raises RecursionError, "
-    "so POST /tutorials/import answers 500 (and `tutorials import` dies with a traceback) "
-    "instead of rejecting that one row"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=IMPORT_DEEP_JSON)
 async def test_import_route_rejects_a_deeply_nested_line(
     api: httpx.AsyncClient, seeded: str
 ) -> None:
@@ -371,14 +361,6 @@ async def test_import_route_rejects_a_deeply_nested_line(
     assert answer.json()["rejected"] == 1 and answer.json()["inserted"] == 1
 
 
-IMPORT_DUPLICATE_KEYS = (
-    "bug: src/tutorials/transfer/readers.py read_ndjson / read_json accept duplicate JSON keys "
-    "(the last one silently wins) while POST /tutorials refuses them with 422 "
-    "(tutorials.api.bodies.read_json): one row, two answers"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=IMPORT_DUPLICATE_KEYS)
 async def test_import_route_rejects_duplicate_keys_like_post(
     api: httpx.AsyncClient, seeded: str
 ) -> None:
