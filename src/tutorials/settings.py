@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    #: `POST /tutorials/import` streams (flat memory), so it takes far more, but not unbounded.
+    max_import_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     retry_after_seconds: int = Field(default=1, ge=1)
 

@@ -153,7 +153,7 @@ def test_the_published_header_pattern_is_what_the_reader_takes() -> None:
 async def test_a_body_streamed_in_chunks(
     settings: Settings, database: Database, dsn: str, make_client: ClientFactory
 ) -> None:
-    """A chunked upload larger than the JSON body limit, read as it arrives."""
+    """A chunked upload larger than the JSON body limit (1 MiB), read as it arrives."""
     count = 20_000
 
     async def body() -> AsyncIterator[bytes]:
@@ -164,12 +164,26 @@ async def test_a_body_streamed_in_chunks(
                 for i in range(start, start + 1000)
             ).encode()
 
-    app = create_app(settings.model_copy(update={"max_body_bytes": 64 << 20}), database)
+    app = create_app(settings, database)
     async with make_client(app) as client:
         response = await client.post("/tutorials/import", content=body(), headers=CSV)
     assert response.status_code == 200, response.text
     assert response.json()["inserted"] == count
     assert len(await fetch_rows(dsn)) == count
+
+
+async def test_an_import_over_its_own_limit_is_413_before_reading(
+    settings: Settings, database: Database, dsn: str, make_client: ClientFactory
+) -> None:
+    """Imports have a limit of their own (max_import_bytes), far above max_body_bytes."""
+    app = create_app(settings.model_copy(update={"max_import_bytes": 1000}), database)
+    body = "name,url,description,tags\n" + "".join(f"T{i},,,\n" for i in range(200))
+    async with make_client(app) as client:
+        response = await client.post("/tutorials/import", content=body, headers=CSV)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM
+    assert "1000" in response.json()["detail"]
+    assert await fetch_rows(dsn) == []
 
 
 async def test_import_needs_the_token_when_tokens_are_set(

@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
-        exempt_paths=frozenset(getattr(transfer, "UNLIMITED_BODY_PATHS", ())),
+        path_limits={transfer.IMPORT_PATH: settings.max_import_bytes},
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -14,8 +14,10 @@ is published as the body's `pattern` (the column names, lower case, separated by
 required, each at most once, any order), and enforced exactly, so clients and tools can trust the
 document both ways. NDJSON bodies have no header: every line is a row.
 
-Body size: the service's `max_body_bytes` limit (for JSON requests) should not apply here: an
-import streams, and its size is the caller's business. See `UNLIMITED_BODY_PATHS`.
+Body size: the service's `max_body_bytes` limit (for JSON requests) does not apply here: an
+import streams with flat memory, so it has its own, far larger `max_import_bytes` (512 MiB by
+default). A body announced larger is refused before a byte is read; a chunked one that grows
+past it stops the import with 413, and the batches committed before that stay committed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ router = APIRouter(tags=["bulk transfer"])
 IMPORT_PATH = "/tutorials/import"
 EXPORT_PATH = "/tutorials/export"
 #: Paths whose request bodies stream and must not be capped by the JSON body limit.
-UNLIMITED_BODY_PATHS = frozenset({IMPORT_PATH})
 
 CSV = "text/csv"
 NDJSON = "application/x-ndjson"
