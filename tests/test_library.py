@@ -118,3 +118,22 @@ async def test_pages_through_everything_once(library_env: URL) -> None:
             if cursor is None:
                 break
         assert len(seen) == len(set(seen)) == 7
+
+
+async def test_only_database_url_is_needed(
+    empty_database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty database and DATABASE_URL alone: the first call builds the engine and migrates."""
+    from tutorials import close_default_database, get_settings
+
+    monkeypatch.setenv("DATABASE_URL", empty_database_url.render_as_string(hide_password=False))
+    monkeypatch.delenv("TUTORIALS_AUTO_MIGRATE", raising=False)
+    get_settings.cache_clear()
+    try:
+        saved = await save_tutorial(Tutorial(name="first call"))
+        found = await get_tutorial(saved.tutorial_id)
+        assert found is not None
+        assert found.name == "first call"
+    finally:
+        await close_default_database()
+        get_settings.cache_clear()
