@@ -15,6 +15,15 @@ from tutorials.errors import InvalidInput, NotFound, StaleVersion
 from tutorials.models import Tutorial
 from tutorials.schemas import TutorialRead
 
+FORGED_CURSORS = [
+    "",
+    "garbage",
+    "WyJ4IiwxXQ",  # ["x",1]: unknown kind
+    "WyJpIiwiMSJd",  # ["i","1"]: id as a string
+    "WyJpIiwtMV0",  # ["i",-1]
+    "WyJpIiw5OTk5OTk5OTk5OTk5OTk5OTk5OV0",  # ["i",99999999999999999999]: beyond bigint
+]
+
 
 async def _add(session: AsyncSession, name: str, **values: object) -> Tutorial:
     return await repository.add(session, {"name": name, **values})
@@ -130,17 +139,7 @@ async def test_search_pages_are_disjoint_and_ordered(session: AsyncSession) -> N
     assert names == [t.name for t in full.items]
 
 
-@pytest.mark.parametrize(
-    "cursor",
-    [
-        "",
-        "garbage",
-        "WyJ4IiwxXQ",
-        "WyJpIiwiMSJd",
-        "WyJpIiwtMV0",
-        "WyJpIiw5OTk5OTk5OTk5OTk5OTk5OTk5OV0",
-    ],
-)
+@pytest.mark.parametrize("cursor", FORGED_CURSORS)
 async def test_forged_cursors_are_invalid_input(session: AsyncSession, cursor: str) -> None:
     with pytest.raises(InvalidInput, match="invalid cursor"):
         await repository.list_page(session, cursor=cursor)
@@ -297,17 +296,7 @@ async def test_fast_pages_and_searches_match_the_orm_ones(database: Database) ->
     assert len(evens[0][0]) == 12
 
 
-@pytest.mark.parametrize(
-    "cursor",
-    [
-        "",
-        "garbage",
-        "WyJ4IiwxXQ",
-        "WyJpIiwiMSJd",
-        "WyJpIiwtMV0",
-        "WyJpIiw5OTk5OTk5OTk5OTk5OTk5OTk5OV0",
-    ],
-)
+@pytest.mark.parametrize("cursor", FORGED_CURSORS)
 async def test_fast_forged_cursors_are_invalid_input(database: Database, cursor: str) -> None:
     with pytest.raises(InvalidInput, match="invalid cursor"):
         await database.fast(lambda c: repository.list_page(c, cursor=cursor))
