@@ -285,6 +285,66 @@ async def test_fast_pool_exhaustion_fails_fast(database_url: URL, settings: Sett
         await database.dispose()
 
 
+async def test_fast_waits_in_the_pool_when_orm_units_hold_its_connections(
+    database_url: URL, settings: Settings
+) -> None:
+    """A free slot is not a free connection when an ORM unit of work holds one: the call then
+    waits in the pool, under the same timeout, and gets the connection once it comes back."""
+    database = Database.from_url(
+        database_url,
+        settings.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.3}),
+    )
+    try:
+        async with database.session() as session:
+            await session.execute(text("SELECT 1"))
+            with pytest.raises(Unavailable, match="no database connection"):
+                await database.fast(lambda c: c.fetchval("SELECT 1"))
+
+        async def hold_briefly() -> None:
+            async with database.session() as session:
+                await session.execute(text("SELECT pg_sleep(0.1)"))
+
+        holder = asyncio.create_task(hold_briefly())
+        await asyncio.sleep(0.05)
+        assert await database.fast(lambda c: c.fetchval("SELECT 2")) == 2
+        await holder
+        assert _checked_out(database) == 0
+    finally:
+        await database.dispose()
+
+
+async def test_fast_cancelled_while_queued_gives_its_turn_back(
+    database_url: URL, settings: Settings
+) -> None:
+    database = Database.from_url(
+        database_url,
+        settings.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}),
+    )
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(_connection: asyncpg.Connection) -> None:
+        holding.set()
+        await release.wait()
+
+    try:
+        holder = asyncio.create_task(database.fast(hold))
+        await holding.wait()
+        queued = asyncio.create_task(database.fast(lambda c: c.fetchval("SELECT 1")))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release.set()
+        await holder
+        # Had the cancelled caller kept its place or a slot, this would wait out the 5 s.
+        async with asyncio.timeout(2):
+            assert await database.fast(lambda c: c.fetchval("SELECT 3")) == 3
+        assert _checked_out(database) == 0
+    finally:
+        await database.dispose()
+
+
 async def test_fast_unreachable_database_is_unavailable(settings: Settings) -> None:
     database = Database.from_url(
         make_url("postgresql+asyncpg://postgres@127.0.0.1:9/none"),

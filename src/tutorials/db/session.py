@@ -57,21 +57,34 @@ class Database:
 
     engine: AsyncEngine
     retry_attempts: int = 3
+    #: How many `fast` calls may hold a connection at once (the pool's size plus overflow).
+    #: Callers beyond it queue here, first come first served, for at most `pool_timeout`
+    #: seconds; None leaves the waiting to the pool alone. See `_admit`.
+    capacity: int | None = None
+    pool_timeout: float = 30.0
     sessionmaker: async_sessionmaker[AsyncSession] = field(init=False)
 
     def __post_init__(self) -> None:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._acquiring = 0  # tasks inside `fast` waiting for a connection
+        self._acquiring = 0  # tasks inside `fast` waiting for the pool itself
+        self._sessions = 0  # ORM units of work open (they take connections past `_slots`)
+        self._slots = asyncio.Semaphore(self.capacity) if self.capacity else None
 
     @classmethod
     def from_url(cls, url: URL, settings: Settings | None = None) -> Database:
         settings = settings or get_settings()
-        return cls(create_engine(url, settings), retry_attempts=settings.retry_attempts)
+        return cls(
+            create_engine(url, settings),
+            retry_attempts=settings.retry_attempts,
+            capacity=settings.pool_size + max(settings.max_overflow, 0),
+            pool_timeout=settings.pool_timeout,
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """One unit of work. Commit on success, roll back on error, always close."""
         session = self.sessionmaker()
+        self._sessions += 1
         try:
             yield session
             await session.commit()
@@ -82,6 +95,7 @@ class Database:
                 raise domain from exc
             raise
         finally:
+            self._sessions -= 1
             busy = self._busy()
             await _shielded(session.close())
         if busy:
@@ -137,6 +151,34 @@ class Database:
                 reconnected = True
 
     async def _fast_once(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        slots = self._slots
+        if slots is not None:
+            await self._admit(slots)
+        try:
+            return await self._fast_checked_out(work)
+        finally:
+            if slots is not None:
+                slots.release()
+
+    async def _admit(self, slots: asyncio.Semaphore) -> None:
+        """Wait for one of `capacity` slots, in arrival order, at most `pool_timeout` seconds.
+
+        Queueing here rather than inside the pool is cheaper (a future, not SQLAlchemy's
+        greenlet hop and a `wait_for` task per waiting checkout) and fair: asyncio's semaphore
+        is FIFO, so a task that releases and asks again at once goes behind those already
+        waiting, and nobody starves into the pool timeout under load. A slot held means the
+        pool has a connection for us, unless ORM units of work are holding some.
+        """
+        if not slots.locked():
+            await slots.acquire()  # free: taken without suspending
+            return
+        try:
+            async with asyncio.timeout(self.pool_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise Unavailable("no database connection became free in time") from None
+
+    async def _fast_checked_out(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         self._acquiring += 1
         try:
             proxied = await self.engine.raw_connection()
@@ -166,29 +208,49 @@ class Database:
         finally:
             # A connection in an unknown state (cancelled mid-statement, an unexpected client
             # error, a transaction left open) is closed, not reused. Check-in runs inside
-            # SQLAlchemy's greenlet (closing an overflow connection awaits the driver) and is
-            # shielded, so cancellation cannot stop the pool slot from coming back.
+            # SQLAlchemy's greenlet, since closing a connection awaits the driver.
             discard = not reusable or connection.is_closed() or connection.is_in_transaction()
             busy = self._busy()
-            await _shielded(greenlet_spawn(_check_in, proxied, discard))
+            if discard or self._pool_is_full():
+                # The check-in will await (closing this connection, or an overflow one the
+                # pool has no room for): shielded, so cancellation cannot stop the pool slot
+                # from coming back.
+                await _shielded(greenlet_spawn(_check_in, proxied, discard))
+            else:
+                # The common case: the connection goes back into the pool's queue, which never
+                # awaits (no SQLAlchemy transaction is open on it, so the reset is a no-op),
+                # so there is no suspension point for a cancellation to land on, and no need
+                # for the task a shield costs (≈ 60 µs per call, measured).
+                await greenlet_spawn(_check_in, proxied, False)
         if busy:
-            # Fairness. Returning the connection woke the task that has waited longest for one,
-            # but the queue hands an available connection to whoever asks first, and our caller
-            # may ask again right away (a loop, a request handler's next query): without this
-            # yield it takes the connection back, the woken waiter finds the queue empty and
-            # goes to the back of the line, and under load a few unlucky tasks starve into the
-            # pool timeout (measured: p99 70 ms and max 260 ms instead of 16 / 36 ms at 32
-            # tasks on 20 connections; see benchmarks/RESULTS.md). asyncpg's own pool gets the
-            # same effect by releasing through a shielded task.
+            # Fairness towards tasks waiting in the pool itself (ORM units of work, or `fast`
+            # calls when those hold connections). Returning the connection woke the task that
+            # has waited longest, but the pool's queue hands a connection to whoever asks
+            # first, and our caller may ask again right away: without this yield it takes the
+            # connection back, the woken waiter goes to the back of the line, and under load a
+            # few unlucky tasks starve into the pool timeout (measured: p99 70 ms and max
+            # 260 ms instead of 16 / 36 ms at 32 tasks on 20 connections; see
+            # benchmarks/RESULTS.md). `fast` calls among themselves are kept in turn by
+            # `_slots`, without this extra pass through the event loop.
             await asyncio.sleep(0)
         return result
 
+    def _pool_is_full(self) -> bool:
+        """True unless the engine's pool has room to keep one more idle connection."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return True  # NullPool and others close on check-in
+        return pool.checkedin() >= pool.size()
+
     def _busy(self) -> bool:
-        """Some task may be waiting for our connection: one is inside `fast` waiting for the
-        pool, or other connections are in use (an ORM unit of work may be waiting). Alone (the
-        common case at concurrency 1) there is no one to yield to, and the yield is skipped."""
-        if self._acquiring:
+        """Some task may be waiting in the pool for our connection: one is inside `fast`
+        waiting for the pool, or an ORM unit of work is open (it may be waiting), or, without
+        `_slots`, any other connection is in use. Otherwise (`fast` calls alone, or nobody
+        else) there is no one in the pool's queue to yield to, and the yield is skipped."""
+        if self._acquiring or self._sessions:
             return True
+        if self._slots is not None:
+            return False
         pool = self.engine.pool
         return isinstance(pool, QueuePool) and pool.checkedout() > 1
 
