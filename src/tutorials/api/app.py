@@ -118,8 +118,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.metrics = metrics
 
     problems.install(app)
-    app.include_router(transfer.router)  # /tutorials/import, /tutorials/export (literal paths)
-    app.include_router(routes.router)  # /tutorials/{tutorial_id:int}: digits only, no overlap
+    # The busiest routes first: routing tries each route in order, and no path of one router
+    # can match another's (`{tutorial_id:int}` is digits only; import/export are literal).
+    app.include_router(routes.router)
+    app.include_router(transfer.router)
     app.include_router(health.router)
     _include_web(app)
 

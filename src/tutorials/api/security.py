@@ -46,8 +46,8 @@ class WriteGuard:
         return found
 
 
-async def require_writer(request: Request) -> None:
-    """FastAPI dependency on every write: 401 with a Bearer challenge unless a token matches."""
+def require_writer(request: Request) -> None:
+    """Called first by every write handler: 401 with a Bearer challenge unless a token matches."""
     guard: WriteGuard = request.app.state.write_guard
     if guard.enabled and not guard.allows(request.headers.get("authorization")):
         raise HTTPException(

@@ -27,13 +27,14 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response, StreamingResponse
 
 from tutorials.api.bodies import TAG_PATTERN, TEXT_PATTERN, compile_pattern, require_media_type
 from tutorials.api.openapi import problems, query
+from tutorials.api.plain import PlainRoute
 from tutorials.api.problems import problem_response
 from tutorials.api.routes import database_of
 from tutorials.api.security import require_writer
@@ -52,7 +53,7 @@ from tutorials.transfer import (
 )
 from tutorials.transfer.readers import CSV_COLUMNS, read_csv, read_ndjson
 
-router = APIRouter(tags=["bulk transfer"])
+router = APIRouter(tags=["bulk transfer"], route_class=PlainRoute)
 
 IMPORT_PATH = "/tutorials/import"
 EXPORT_PATH = "/tutorials/export"
@@ -275,11 +276,11 @@ IMPORT_BODY: dict[str, Any] = {
         "committed stay: send the same body again."
     ),
     response_model=ImportResult,
-    dependencies=[Depends(require_writer)],
     responses={200: {"description": "The summary."}, **problems(400, 413, 415, 422, 503)},
     openapi_extra=IMPORT_BODY,
 )
 async def import_tutorials(request: Request) -> Response:
+    require_writer(request)
     require_media_type(request, IMPORT_TYPES, "Accept-Post")
     on_conflict = _on_conflict(_last(request, "on_conflict"))
     max_errors = _max_errors(_last(request, "max_errors"))
@@ -381,7 +382,7 @@ async def export_tutorials(request: Request) -> Response:
     )
 
 
-def _not_allowed(allow: str) -> Callable[[Request], Awaitable[Response]]:
+def _not_allowed(allow: str, *, write: bool) -> Callable[[Request], Awaitable[Response]]:
     """405 with the right `Allow` for the other methods on our paths.
 
     Without it, `/tutorials/{tutorial_id}`'s routes (GET, PATCH, DELETE) would claim
@@ -391,6 +392,8 @@ def _not_allowed(allow: str) -> Callable[[Request], Awaitable[Response]]:
     """
 
     async def refuse(request: Request) -> Response:
+        if write:
+            require_writer(request)  # a write method needs the token first (401 before 405)
         detail = f"{request.method} is not allowed here; allowed: {allow}"
         return problem_response(request.scope, 405, detail, headers={"Allow": allow})
 
@@ -400,17 +403,15 @@ def _not_allowed(allow: str) -> Callable[[Request], Awaitable[Response]]:
 _WRITES = ("POST", "PUT", "PATCH", "DELETE")
 _READS = ("GET", "HEAD", "OPTIONS")
 for _path, _own in ((IMPORT_PATH, "POST"), (EXPORT_PATH, "GET")):
-    # a write method still needs the token first (401 before 405), as on every other path
     router.add_api_route(
         _path,
-        _not_allowed(_own),
+        _not_allowed(_own, write=True),
         methods=[method for method in _WRITES if method != _own],
-        dependencies=[Depends(require_writer)],
         include_in_schema=False,
     )
     router.add_api_route(
         _path,
-        _not_allowed(_own),
+        _not_allowed(_own, write=False),
         methods=[method for method in _READS if method != _own],
         include_in_schema=False,
     )
