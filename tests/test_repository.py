@@ -286,6 +286,9 @@ async def test_fast_pages_and_searches_match_the_orm_ones(database: Database) ->
         {"query": "async"},
         {"query": "async", "tags": ["odd"]},
         {"query": "nothing matches this"},
+        {"query": "async", "candidates": 5},
+        {"query": "async", "tags": ["odd"], "candidates": 3},
+        {"query": "async", "candidates": 1000},
     ]
     for case in cases:
         for limit in (1, 4, 100):
@@ -308,3 +311,47 @@ async def test_fast_forged_cursors_are_invalid_input(database: Database, cursor:
 async def test_fast_limits_are_bounded(database: Database, limit: int) -> None:
     with pytest.raises(InvalidInput):
         await database.fast(lambda c: repository.list_page(c, limit=limit))
+
+
+async def test_bounded_search_is_exact_below_the_bound(database: Database) -> None:
+    async with database.session() as session:
+        for index in range(15):
+            await _add(session, f"async {index}", description="async " * (index % 4))
+    exact = await _pages(database, True, 4, query="async")
+    assert await _pages(database, True, 4, query="async", candidates=15) == exact
+    assert await _pages(database, False, 4, query="async", candidates=100) == exact
+
+
+async def test_bounded_search_ranks_only_that_many_matches(database: Database) -> None:
+    async with database.session() as session:
+        for index in range(30):
+            await _add(session, f"async {index}", description="async " * (index % 6))
+        await _add(session, "unrelated")
+    rank_sql = (
+        "SELECT tutorial_id, ts_rank(search, websearch_to_tsquery('english', 'async')) "
+        "FROM tutorials WHERE tutorial_id = ANY($1::bigint[])"
+    )
+    for fast in (True, False):
+        pages = await _pages(database, fast, 4, query="async", candidates=10)
+        ids = [tutorial_id for items, _ in pages for tutorial_id in items]
+        assert len(ids) == len(set(ids)) == 10  # disjoint pages, the bound's worth of rows
+        ranks = dict(await database.fast(lambda c, ids=ids: c.fetch(rank_sql, ids)))
+        ordered = [(-ranks[i], i) for i in ids]
+        assert ordered == sorted(ordered)  # best first, ties by id, across the pages
+    with pytest.raises(ValueError, match="candidates"):
+        await database.fast(lambda c: repository.search(c, "async", candidates=-1))
+
+
+async def test_bounded_search_ends_its_transaction(database: Database) -> None:
+    """The bound plans each search for its words inside a short read-only transaction, which
+    must be over when the call returns, whether the search succeeded or failed."""
+
+    async def search_then_state(connection: asyncpg.Connection, query: str) -> bool:
+        try:
+            await repository.search(connection, query, candidates=10)
+        except asyncpg.PostgresError:  # refused by the server inside the transaction
+            assert query == "bad\x00query"
+        return bool(connection.is_in_transaction())
+
+    assert await database.fast(lambda c: search_then_state(c, "async")) is False
+    assert await database.fast(lambda c: search_then_state(c, "bad\x00query")) is False

@@ -29,6 +29,7 @@ from tutorials.schemas import (
     check_version,
     invalid_input,
 )
+from tutorials.settings import get_settings
 
 if TYPE_CHECKING:
     from tutorials.db.session import Connection
@@ -138,10 +139,11 @@ async def search_tutorials(
 ) -> Page:
     """Ranked full-text search; pass `next_cursor` back for the next page."""
     query, tags = check_query(query), check_tags(tags)
+    candidates = get_settings().search_candidates
     database = await default_database()
     return await database.fast(
         lambda connection: repository.search(
-            connection, query, limit=limit, cursor=cursor, tags=tags
+            connection, query, limit=limit, cursor=cursor, tags=tags, candidates=candidates
         ),
         idempotent=True,
     )

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
 
     #: Serialization failures and deadlocks are retried this many times, then answered 503.
     retry_attempts: int = Field(default=3, ge=1, le=20)
+    #: Search ranks at most this many matching rows (0: every match). A query matching fewer
+    #: is ranked exactly; one matching more gets its best among the first this many found,
+    #: which keeps a common word at tens of ms instead of a second at 1,000,000 rows.
+    search_candidates: int = Field(default=2_000, ge=0, le=10_000_000)
 
     # HTTP service.
     host: str = "127.0.0.1"

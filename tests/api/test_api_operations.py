@@ -291,3 +291,31 @@ async def test_concurrent_requests_each_hold_a_connection_only_briefly(
     finally:
         await database.dispose()
     assert {response.status_code for response in responses} == {200}
+
+
+async def test_search_ranks_at_most_the_configured_candidates(
+    settings: Settings, database_url: URL, make_client: ClientFactory
+) -> None:
+    bounded = settings.model_copy(update={"search_candidates": 3})
+    database = Database.from_url(database_url, bounded)
+    try:
+        async with make_client(create_app(bounded, database)) as client:
+            for index in range(6):
+                await create(client, name=f"bounded search {index}")
+            found: list[int] = []
+            cursor = ""
+            while True:
+                page = (
+                    await client.get(
+                        "/tutorials", params={"q": "bounded", "limit": 2, "cursor": cursor}
+                    )
+                ).json()
+                found += [item["tutorial_id"] for item in page["items"]]
+                if page["next_cursor"] is None:
+                    break
+                cursor = page["next_cursor"]
+            everything = (await client.get("/tutorials", params={"limit": 100})).json()
+    finally:
+        await database.dispose()
+    assert len(found) == len(set(found)) == 3
+    assert len(everything["items"]) == 6

@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     if database is not None:
         app.state.database = database  # usable even without running the lifespan
     app.state.retry_after_seconds = settings.retry_after_seconds
+    app.state.search_candidates = settings.search_candidates
     app.state.ready_timeout = settings.connect_timeout + settings.pool_timeout
     app.state.write_guard = WriteGuard(settings.api_tokens)
 

@@ -219,7 +219,9 @@ def _cursor(raw: str | None) -> str | None:
     description=(
         "Keyset-paginated: pass `next_cursor` back as `cursor` for the next page (null on the "
         'last). Without `q`, oldest first; with `q` (web-search syntax: words, "phrases", '
-        "-not, or), best match first. `tag` filters to tutorials carrying every given tag."
+        "-not, or), best match first; a query matching more tutorials than the server's "
+        "`search_candidates` (2,000 by default) is ranked among the first that many found. "
+        "`tag` filters to tutorials carrying every given tag."
     ),
     response_model=TutorialPage,
     responses={
@@ -269,11 +271,14 @@ async def list_tutorials(request: Request) -> Response:
     cursor = _cursor(_last(request, "cursor"))
     tags = _tags(request.query_params.getlist("tag"))
     text = _search_text(_last(request, "q"))
+    candidates: int = request.app.state.search_candidates
 
     async def work(session: repository.Executor) -> repository.Page:
         if text is None:
             return await repository.list_page(session, limit=limit, cursor=cursor, tags=tags)
-        return await repository.search(session, text, limit=limit, cursor=cursor, tags=tags)
+        return await repository.search(
+            session, text, limit=limit, cursor=cursor, tags=tags, candidates=candidates
+        )
 
     try:
         page = await database_of(request).fast(work, idempotent=True)
