@@ -54,10 +54,14 @@ SQL = {
     f"WHERE tutorial_id = $1 AND version = $2 RETURNING {COLUMNS}",
     "delete": "DELETE FROM tutorials WHERE tutorial_id = $1 RETURNING tutorial_id",
     "page": f"SELECT {COLUMNS} FROM tutorials WHERE tutorial_id > $1 ORDER BY tutorial_id LIMIT $2",
-    "search": f"SELECT {COLUMNS}, ts_rank(search, query) AS rank "
-    f"FROM tutorials, websearch_to_tsquery('english', $1) AS query WHERE search @@ query "
-    f"ORDER BY rank DESC, tutorial_id LIMIT $2",
+    # The library's search as it runs by default: ranking at most SEARCH_CANDIDATES matches,
+    # planned for its words (BEGIN READ ONLY; SET LOCAL plan_cache_mode ...; SELECT; COMMIT).
+    "search": f"SELECT {COLUMNS}, ts_rank(search, query) AS rank FROM ("
+    "SELECT tutorials.*, query FROM tutorials, websearch_to_tsquery('english', $1) AS query "
+    "WHERE search @@ query LIMIT $3) AS tutorials ORDER BY rank DESC, tutorial_id LIMIT $2",
+    "search_plan": "BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan",
 }
+SEARCH_CANDIDATES = 2_000  # the library's default (settings.search_candidates)
 DESCRIPTION = "A benchmark row: how to measure an async data layer honestly, with baselines."
 TAGS = ["python", "postgresql"]
 
@@ -130,7 +134,9 @@ class RawAsyncpg:
     async def search(self, query: str) -> None:
         assert self.pool is not None
         async with self.pool.acquire() as connection:
-            await connection.fetch(SQL["search"], query, PAGE + 1)
+            await connection.execute(SQL["search_plan"])
+            await connection.fetch(SQL["search"], query, PAGE + 1, SEARCH_CANDIDATES)
+            await connection.execute("COMMIT")
 
 
 def _library_env(ctx: Context, database: str) -> dict[str, str]:
@@ -138,6 +144,7 @@ def _library_env(ctx: Context, database: str) -> dict[str, str]:
         "DATABASE_URL": ctx.url(database).render_as_string(hide_password=False),
         "TUTORIALS_POOL_SIZE": str(POOL),
         "TUTORIALS_MAX_OVERFLOW": "0",
+        "TUTORIALS_SEARCH_CANDIDATES": str(SEARCH_CANDIDATES),
         "TUTORIALS_AUTO_MIGRATE": "false",
     }
 

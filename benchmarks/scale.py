@@ -119,13 +119,21 @@ async def measure_size(ctx: Context, rows: int) -> dict[str, Any]:
 
 async def _plans(dsn: str, queries: list[Query], deep_start: int) -> dict[str, str]:
     from tutorials import repository
+    from tutorials.settings import get_settings
 
     widest = max(queries, key=lambda q: q.matches)
     return {
         "deep page": await _explain(dsn, repository._PAGE_SQL, deep_start, PAGE + 1),
         "page, rare tag": await _explain(dsn, repository._PAGE_TAGS_SQL, 0, PAGE + 1, ["tag39"]),
-        f"search {widest.text!r} ({widest.matches:,} matches)": await _explain(
+        f"search {widest.text!r} ({widest.matches:,} matches, exact)": await _explain(
             dsn, repository._SEARCH_SQL.format(filters=""), widest.text, PAGE + 1
+        ),
+        f"search {widest.text!r} (bounded, as the library runs it)": await _explain(
+            dsn,
+            repository._SEARCH_BOUNDED_SQL.format(found="", after="", bound=3),
+            widest.text,
+            PAGE + 1,
+            get_settings().search_candidates,
         ),
     }
 
