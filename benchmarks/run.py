@@ -26,7 +26,13 @@ from typing import Any
 from benchmarks.core import FULL, SHORT, Context, Table, admin_url_from_env, machine_info
 
 #: Suite name -> module in this package, in the order they run.
-SUITES = {"hotpaths": "hotpaths", "scale": "scale", "http": "httpbench", "bulk": "bulk"}
+SUITES = {
+    "hotpaths": "hotpaths",
+    "scale": "scale",
+    "http": "httpbench",
+    "bulk": "bulk",
+    "startup": "startup",
+}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -444,3 +444,125 @@ def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(embedded, "_is_root", lambda: False)
     monkeypatch.setattr(platformdirs, "user_data_dir", lambda *a, **k: "/home/u/.d")
     assert default_root() == Path("/home/u/.d/postgres")
+
+
+@as_root_only
+def test_adopting_runs_nothing_as_the_service_user(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = EmbeddedPostgres(root).start()
+
+    def refuse(self: EmbeddedPostgres, *args: str) -> bool:
+        raise AssertionError(f"runuser test {args} while adopting")
+
+    monkeypatch.setattr(EmbeddedPostgres, "_service_can", refuse)
+    assert EmbeddedPostgres(root).start() == url
+
+
+@as_root_only
+def test_a_restart_asks_the_service_user_once(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = EmbeddedPostgres(root)
+    url = pg.start()
+    assert pg.stop() is True
+    asked: list[tuple[str, ...]] = []
+    real = EmbeddedPostgres._service_can
+
+    def counting(self: EmbeddedPostgres, *args: str) -> bool:
+        asked.append(args)
+        return real(self, *args)
+
+    monkeypatch.setattr(EmbeddedPostgres, "_service_can", counting)
+    assert pg.start() == url
+    assert len(asked) == 1
+    assert asked[0][:2] == ("-x", str(root))  # root's reachability, with the binaries'
+    assert asyncio.run(_probe(url))[0] == DATABASE_NAME
+
+
+def test_a_postmaster_that_cannot_start_is_reported_with_its_log(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg = EmbeddedPostgres(root)
+    pg.start()
+    assert pg.stop() is True
+    monkeypatch.setattr(embedded, "_SERVER_SETTINGS", (*embedded._SERVER_SETTINGS, "work_mem=-1"))
+    with pytest.raises(EmbeddedPostgresError, match=r"failed to start.*work_mem"):
+        pg.start()
+    assert _postmasters(pg.data_dir) == []
+    assert pg.status().running is False
+
+
+# --------------------------------------------------------------------------- through `serve`
+# With no DATABASE_URL, `tutorials serve` starts the embedded server early, in a thread, while
+# it imports the API; opening the database then adopts it. Failures are still reported there.
+
+SERVE = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
+
+
+def _serve_env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUTORIALS_", "PG"))}
+    env.pop("DATABASE_URL", None)
+    return {**env, "TUTORIALS_HOME": str(root)}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _readyz(port: int) -> int | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            return int(connection.recv(64).split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_serve_on_an_existing_data_dir_is_ready(root: Path, running: bool) -> None:
+    pg = EmbeddedPostgres(root)
+    pg.start()  # the data dir exists (initdb done); the schema is migrated by serve
+    if not running:
+        assert pg.stop() is True
+    port = _free_port()
+    log = root.parent / f"serve-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [*SERVE, "--port", str(port)], env=_serve_env(root), stdout=sink, stderr=sink
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while _readyz(port) != 200:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve never became ready"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    status = pg.status()
+    assert status.running  # the embedded server outlives serve, as documented
+    assert _postmasters(pg.data_dir) == [status.pid]
+
+
+@as_root_only
+def test_serve_reports_an_embedded_server_that_cannot_start(
+    make_root: Callable[..., Path],
+) -> None:
+    root = make_root("pg", mode=0o700)
+    result = subprocess.run(
+        [*SERVE, "--port", str(_free_port())],
+        env=_serve_env(root),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot open the database: user tutorials-pg cannot traverse")
+    assert not (root / "data").exists()

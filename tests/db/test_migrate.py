@@ -12,11 +12,23 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
+from alembic.util import CommandError
 from pytest_alembic import MigrationContext
 from sqlalchemy.engine import URL
-from tests.support import asyncpg_dsn, run_async
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+from tests.support import admin_execute, asyncpg_dsn, run_async
 
-from tutorials.db.migrate import head_revision, schema_is_current, upgrade
+from tutorials.db.migrate import (
+    alembic_head_revision,
+    head_revision,
+    migrations_dir,
+    scan_head,
+    schema_is_current,
+    stored_revisions,
+    upgrade,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,8 +115,6 @@ def test_upgrade_keeps_ids_and_continues_after_them(
 
 
 def test_schema_is_current_only_at_head(empty_database_url: URL) -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     async def check() -> tuple[bool, bool]:
         engine = create_async_engine(empty_database_url)
         try:
@@ -116,3 +126,158 @@ def test_schema_is_current_only_at_head(empty_database_url: URL) -> None:
             await engine.dispose()
 
     assert run_async(check) == (False, True)
+
+
+# --------------------------------------------------------------------------- the cheap check
+# `upgrade` reads alembic_version and compares it with the head read from the scripts' source
+# before loading Alembic: at head nothing else happens; anything else goes through Alembic.
+
+
+def _engine(url: URL) -> AsyncEngine:
+    return create_async_engine(url, poolclass=NullPool)
+
+
+async def _versions(url: URL) -> list[str]:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return [r["version_num"] for r in await connection.fetch("SELECT * FROM alembic_version")]
+    finally:
+        await connection.close()
+
+
+def test_the_head_read_from_source_is_alembics() -> None:
+    assert scan_head(migrations_dir() / "versions") == alembic_head_revision()
+    assert head_revision() == alembic_head_revision()
+    assert head_revision() is not None
+
+
+def test_upgrade_at_head_does_not_load_alembic(database_url: URL) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from sqlalchemy.ext.asyncio import create_async_engine\n"
+        "from tutorials.db.migrate import schema_is_current, upgrade\n"
+        "async def main():\n"
+        "    engine = create_async_engine(sys.argv[1])\n"
+        "    try:\n"
+        "        await upgrade(engine)\n"
+        "        print(await schema_is_current(engine), 'alembic' in sys.modules)\n"
+        "    finally:\n"
+        "        await engine.dispose()\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, database_url.render_as_string(hide_password=False)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
+def test_upgrade_still_migrates_a_database_behind_head(empty_database_url: URL) -> None:
+    async def check() -> tuple[bool, list[str], bool, list[str]]:
+        engine = _engine(empty_database_url)
+        try:
+            await upgrade(engine, "0001")
+            behind = await schema_is_current(engine), await _versions(empty_database_url)
+            await upgrade(engine)
+            return (*behind, await schema_is_current(engine), await _versions(empty_database_url))
+        finally:
+            await engine.dispose()
+
+    assert run_async(check) == (False, ["0001"], True, [head_revision()])
+
+
+def test_upgrade_still_refuses_a_database_ahead_of_the_scripts(database_url: URL) -> None:
+    run_async(
+        lambda: admin_execute(database_url, "UPDATE alembic_version SET version_num = 'f00d'")
+    )
+
+    async def check() -> bool:
+        engine = _engine(database_url)
+        try:
+            with pytest.raises(CommandError, match="f00d"):
+                await upgrade(engine)
+            return await schema_is_current(engine)
+        finally:
+            await engine.dispose()
+
+    assert run_async(check) is False
+    assert run_async(lambda: _versions(database_url)) == ["f00d"]  # left as it was
+
+
+def test_schema_is_not_current_with_two_stored_revisions(database_url: URL) -> None:
+    head = head_revision()
+    run_async(lambda: admin_execute(database_url, "INSERT INTO alembic_version VALUES ('0001')"))
+
+    async def check() -> tuple[list[str], bool]:
+        engine = _engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                stored = await stored_revisions(connection)
+            return stored, await schema_is_current(engine)
+        finally:
+            await engine.dispose()
+
+    assert run_async(check) == (sorted(["0001", str(head)]), False)
+
+
+def test_stored_revisions_of_an_empty_database(empty_database_url: URL) -> None:
+    async def check() -> list[str]:
+        engine = _engine(empty_database_url)
+        try:
+            async with engine.connect() as connection:
+                return await stored_revisions(connection)
+        finally:
+            await engine.dispose()
+
+    assert run_async(check) == []
+
+
+def _script(directory: Path, name: str, body: str) -> None:
+    (directory / name).write_text(body, encoding="utf-8")
+
+
+def _linear(directory: Path) -> None:
+    _script(directory, "a_first.py", 'revision = "a"\ndown_revision = None\n')
+    _script(directory, "b_second.py", 'revision: str = "b"\ndown_revision: str | None = "a"\n')
+    _script(directory, "c_third.py", 'revision = "c"\ndown_revision = "b"\nbranch_labels = None\n')
+
+
+def test_scan_head_follows_a_plain_chain(tmp_path: Path) -> None:
+    _linear(tmp_path)
+    _script(tmp_path, "__init__.py", 'revision = "ignored"\n')
+    _script(tmp_path, ".#c_third.py", "not python at all (an editor's lock file)")
+    _script(tmp_path, "README", "not a script")
+    assert scan_head(tmp_path) == "c"
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("d_merge.py", 'revision = "d"\ndown_revision = ("b", "c")\n'),
+        ("d_branch.py", 'revision = "d"\ndown_revision = "b"\n'),  # two heads: c and d
+        ("d_labelled.py", 'revision = "d"\ndown_revision = "c"\nbranch_labels = ("x",)\n'),
+        ("d_depends.py", 'revision = "d"\ndown_revision = "c"\ndepends_on = "a"\n'),
+        ("d_computed.py", 'revision = "d" + ""\ndown_revision = "c"\n'),
+        ("d_dynamic.py", 'import os\nrevision = os.environ["R"]\ndown_revision = "c"\n'),
+        ("d_missing.py", 'down_revision = "c"\n'),
+        ("d_duplicate.py", 'revision = "c"\ndown_revision = "b"\n'),
+        ("d_orphan.py", 'revision = "d"\ndown_revision = "zz"\n'),
+        ("d_broken.py", "revision = (\n"),
+        ("x_cycle.py", 'revision = "x"\ndown_revision = "y"\n'),
+    ],
+)
+def test_scan_head_leaves_anything_unusual_to_alembic(tmp_path: Path, name: str, body: str) -> None:
+    _linear(tmp_path)
+    _script(tmp_path, name, body)
+    if name == "x_cycle.py":
+        _script(tmp_path, "y_cycle.py", 'revision = "y"\ndown_revision = "x"\n')
+    assert scan_head(tmp_path) is None
+
+
+def test_scan_head_of_no_scripts(tmp_path: Path) -> None:
+    assert scan_head(tmp_path) is None
+    assert scan_head(tmp_path / "missing") is None

@@ -7,6 +7,14 @@ port is ever opened for a server that cannot serve. SIGTERM / SIGINT stop accept
 connections, let in-flight requests finish (up to `--graceful-timeout`), dispose the engine,
 and exit 0.
 
+Start-up time (goal: `/readyz` answers within 3 s of the command, measured by
+`benchmarks/startup.py`): importing the HTTP stack costs this process most of a second of
+CPU, while starting the embedded PostgreSQL is other processes (runuser, pg_ctl, the
+postmaster, psql) waiting on each other and the disk. So with no DATABASE_URL the embedded
+server is started in a thread *before* the API is imported, side by side with it; opening the
+database later finds it running. The heavy imports (the API, uvicorn) happen only here, not
+when another command is run.
+
 Binds 127.0.0.1 by default. Binding anything else with writes open to all (no
 `TUTORIALS_API_TOKENS`) is refused unless `--allow-open-writes` says it is meant.
 """
@@ -14,17 +22,21 @@ Binds 127.0.0.1 by default. Binding anything else with writes open to all (no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
 from collections.abc import Callable
-from typing import Annotated
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Annotated
 
 import asyncpg
 import typer
-import uvicorn
 
 from tutorials.cli._app import EXIT_INVALID, fail, guarded
 from tutorials.errors import TutorialsError
+
+if TYPE_CHECKING:
+    from tutorials.settings import Settings
 
 HostOption = Annotated[
     str | None,
@@ -72,7 +84,6 @@ def serve(
     log_level: LogLevelOption = "info",
 ) -> None:
     """Run the HTTP API with OpenAPI docs at /docs and the web page at /."""
-    from tutorials.api.logs import configure_logging
     from tutorials.settings import get_settings
 
     settings = get_settings()
@@ -86,11 +97,35 @@ def serve(
         )
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"unknown log level {log_level!r}", EXIT_INVALID)
+    embedded = _start_embedded_early(settings)  # runs while the API is imported below
+    from tutorials.api.logs import configure_logging  # imports tutorials.api: the app
+
     configure_logging(log_level)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        started = runner.run(_serve(bind_host, bind_port, graceful_timeout, log_level.lower()))
+        started = runner.run(
+            _serve(bind_host, bind_port, graceful_timeout, log_level.lower(), embedded)
+        )
     if not started:
         fail("the server did not start (see the log above)")
+
+
+def _start_embedded_early(settings: Settings) -> Future[str] | None:
+    """Start (or adopt) the embedded server in a thread; None when DATABASE_URL is set.
+
+    Only a head start: `open_database` asks for the embedded server again as always and finds
+    it running. A failure here is kept in the future and not reported: the same start, made
+    again when the database is opened, reports it the usual way (one line, exit code).
+    """
+    if settings.database_url is not None:
+        return None
+    from tutorials.db.embedded import EmbeddedPostgres, default_root
+
+    server = EmbeddedPostgres(settings.home or default_root())
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tutorials-embedded")
+    try:
+        return executor.submit(server.start)
+    finally:
+        executor.shutdown(wait=False)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -101,12 +136,23 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _serve(host: str, port: int, graceful_timeout: int, log_level: str) -> bool:
+async def _serve(
+    host: str,
+    port: int,
+    graceful_timeout: int,
+    log_level: str,
+    embedded: Future[str] | None = None,
+) -> bool:
     """Open the database, serve until told to stop, dispose the database. True if it served."""
+    import uvicorn
+
     from tutorials.api.app import create_app, open_database
     from tutorials.settings import get_settings
 
     settings = get_settings()
+    if embedded is not None:
+        with contextlib.suppress(Exception):  # reported by open_database's own start, below
+            await asyncio.wrap_future(embedded)
     try:
         database = await open_database(settings)  # domain errors end the command in one line
     except TutorialsError:
@@ -143,12 +189,15 @@ async def _serve(host: str, port: int, graceful_timeout: int, log_level: str) ->
 def _describe(error: BaseException) -> str:
     """What the server said (e.g. `database "x" does not exist`), never the URL or password.
 
-    PostgreSQL's own messages name users and databases but never carry the password; anything
-    else is described by its type only.
+    PostgreSQL's own messages name users and databases but never carry the password, and the
+    embedded server's (one line: a path, a port, a log tail) have no password to carry;
+    anything else is described by its type only.
     """
+    from tutorials.db.embedded import EmbeddedPostgresError
+
     current: BaseException | None = error
     while current is not None:
-        if isinstance(current, asyncpg.PostgresError):
+        if isinstance(current, asyncpg.PostgresError | EmbeddedPostgresError):
             return str(current).splitlines()[0] if str(current) else type(current).__name__
         orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) else current.__cause__

