@@ -15,7 +15,6 @@ from typing import NoReturn, ParamSpec, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
-from rich.table import Table
 
 from tutorials.db.session import Database, connect
 from tutorials.errors import (
@@ -130,6 +129,8 @@ def print_json(value: BaseModel) -> None:
 
 def print_table(tutorials: Iterable[TutorialRead]) -> None:
     """Human output: a readable table."""
+    from rich.table import Table  # imported by the commands that print one, not at start-up
+
     table = Table(show_lines=False)
     for column in ("id", "name", "url", "tags", "version", "updated"):
         table.add_column(column, overflow="fold")
@@ -147,6 +148,8 @@ def print_table(tutorials: Iterable[TutorialRead]) -> None:
 
 def print_one(item: TutorialRead) -> None:
     """Human output for a single tutorial: every field on its own line."""
+    from rich.table import Table
+
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(overflow="fold")

@@ -6,6 +6,8 @@ summary, and picks the exit code:
 - 0: every row was imported (or exported);
 - 1: the run finished, but some rows were rejected, or it stopped early (`--max-errors`, an
   unreadable JSON array); the good rows are in, the summary says what happened to the rest;
+  or an export's output could not be written (a full disk: one line naming the file, never
+  "cannot reach the database");
 - 2: nothing was done: a usage error (no such file, unknown format, bad CSV header, ...);
 - 5: the database is unavailable (batches committed before stay: run the import again).
 
@@ -26,18 +28,9 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 from tutorials.cli._app import (
     EXIT_ERROR,
@@ -54,11 +47,15 @@ from tutorials.transfer import (
     EXPORT_FORMATS,
     IMPORT_FORMATS,
     ON_CONFLICT_MODES,
+    ExportWriteError,
     ImportSummary,
     RowError,
     export_rows,
     import_file,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 #: Exit code of an import that rejected rows or stopped early (the good rows are in).
 EXIT_REJECTED = EXIT_ERROR
@@ -66,6 +63,9 @@ EXIT_REJECTED = EXIT_ERROR
 PLAIN_PROGRESS_EVERY = 5.0
 #: Rejected rows shown on stderr at the end (all of them go to --errors FILE).
 SHOWN_ERRORS = 5
+#: COPY streams of an export to a file (`--jobs`): the server formats every row, and this
+#: spreads that work over two of its cores, as `pg_dump --jobs 2` would.
+EXPORT_JOBS = 2
 
 _EXTENSIONS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json"}
 
@@ -167,6 +167,15 @@ class ImportProgress:
         #: The summary as of the last committed batch (None before the first).
         self.last: ImportSummary | None = None
         if not quiet and stderr.is_terminal:
+            from rich.progress import (  # only for a terminal: not part of every start-up
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self.bar = Progress(
                 TextColumn("importing"),
                 BarColumn(),
@@ -211,6 +220,8 @@ class ImportProgress:
 
 
 def print_summary(summary: ImportSummary, elapsed: float) -> None:
+    from rich.table import Table
+
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -347,6 +358,15 @@ def export(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No closing line.")] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="COPY streams (and connections) at once for a big export to a file.",
+        ),
+    ] = EXPORT_JOBS,
 ) -> None:
     """Export tutorials to a file (see EXPORT_HELP)."""
     if format is None and (path == "-" or Path(path).suffix.lower() not in _EXTENSIONS):
@@ -364,6 +384,8 @@ def export(
                 out.write(data)
             except BrokenPipeError:
                 raise _ReaderGone from None
+            except OSError as exc:
+                raise ExportWriteError(exc) from exc
 
         try:
             rows = with_database(
@@ -373,11 +395,14 @@ def export(
             )
             out.flush()
         except (_ReaderGone, BrokenPipeError):
-            # the reader went away (`| head`): not an error; keep Python quiet at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            # the reader went away (`| head`): not an error
+            _drop_stdout()
             raise typer.Exit(0) from None
+        except (ExportWriteError, OSError) as exc:
+            _drop_stdout()
+            fail(f"cannot write to standard output: {_reason(exc)}")
     else:
-        rows = _export_to_path(Path(path), kind, tag or [], query)
+        rows = _export_to_path(Path(path), kind, tag or [], query, jobs)
     if not quiet:
         elapsed = time.monotonic() - started
         where = "standard output" if path == "-" else path
@@ -388,20 +413,42 @@ def export(
         )
 
 
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit (of what could not be
+    written) neither prints a second error nor changes the exit code."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _reason(error: ExportWriteError | OSError) -> str:
+    if isinstance(error, ExportWriteError):
+        return error.reason
+    return error.strerror or str(error) or type(error).__name__
+
+
 def _default_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
 
 
-def _export_to_path(target: Path, kind: str, tags: list[str], query: str | None) -> int:
+def _export_to_path(
+    target: Path, kind: str, tags: list[str], query: str | None, jobs: int = EXPORT_JOBS
+) -> int:
     """Write the export to `target`: a regular file whole or not at all, anything else through.
 
     A regular file (or a new one) is written to a private temporary file beside it, which then
     replaces it, so a failed export never leaves half a file. A device, a FIFO or a symlink is
     written through, as given: replacing it would swap `/dev/null` (or the file a link points
-    to) for a regular file.
+    to) for a regular file. A big unfiltered export to a regular file runs as `jobs` COPY
+    streams (see `tutorials.transfer.exporter`), their spill files beside the target.
     """
+    try:
+        return _write_export(target, kind, tags, query, jobs)
+    except (ExportWriteError, OSError) as exc:  # the disk, not the database
+        fail(f"cannot write {target}: {_reason(exc)}")
+
+
+def _write_export(target: Path, kind: str, tags: list[str], query: str | None, jobs: int) -> int:
     if target.is_symlink() or (target.exists() and not target.is_file()):
         try:
             file = target.open("wb")
@@ -409,7 +456,9 @@ def _export_to_path(target: Path, kind: str, tags: list[str], query: str | None)
             fail(f"cannot write {target}: {exc.strerror}", EXIT_INVALID)
         with file:
             return with_database(
-                lambda database: export_rows(database, file, format=kind, tags=tags, query=query)
+                lambda database: export_rows(
+                    database, file, format=kind, tags=tags, query=query, jobs=jobs
+                )
             )
     try:
         descriptor, name = tempfile.mkstemp(
@@ -423,7 +472,9 @@ def _export_to_path(target: Path, kind: str, tags: list[str], query: str | None)
         os.chmod(descriptor, mode)
         with os.fdopen(descriptor, "wb") as file:
             rows = with_database(
-                lambda database: export_rows(database, file, format=kind, tags=tags, query=query)
+                lambda database: export_rows(
+                    database, file, format=kind, tags=tags, query=query, jobs=jobs
+                )
             )
         os.replace(partial, target)
     finally:
@@ -442,8 +493,11 @@ IMPORT_HELP = (
 )
 EXPORT_HELP = (
     "Export tutorials (all, or those matching every --tag and --q), oldest first, as CSV, "
-    "NDJSON or a JSON array that `tutorials import` reads back unchanged. A file is written "
-    "whole or not at all."
+    "NDJSON or a JSON array that `tutorials import` reads back unchanged, from one consistent "
+    "snapshot. A file is written whole or not at all; a big one by --jobs COPY streams at "
+    "once (same bytes).\n\n"
+    "Exit codes: 0 exported; 1 the output could not be written (e.g. a full disk); 2 usage "
+    "error; 5 database unavailable."
 )
 
 

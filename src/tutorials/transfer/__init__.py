@@ -9,6 +9,9 @@
     with open("backup.ndjson", "wb") as out:
         await export_rows(database, out, format="ndjson", tags=["python"])
 
+    with open("backup.csv", "wb") as out:          # a big export, two COPY streams at once
+        await export_rows(database, out, jobs=2)
+
 Every function takes a `tutorials.Database` or a caller's SQLAlchemy `AsyncEngine`. The rules
 (validation, batches, idempotence, what happens to rows without a url) are in `importer`; the
 SQL in `sql`; the file formats in `readers` and `exporter`.
@@ -17,6 +20,7 @@ SQL in `sql`; the file formats in `readers` and `exporter`.
 from tutorials.transfer.exporter import (
     EXPORT_FORMATS,
     MEDIA_TYPES,
+    ExportWriteError,
     export_rows,
     export_to,
     iter_export,
@@ -48,6 +52,7 @@ __all__ = [
     "MEDIA_TYPES",
     "ON_CONFLICT_MODES",
     "ExportFormat",
+    "ExportWriteError",
     "ImportSummary",
     "OnConflict",
     "RowError",

@@ -1,8 +1,14 @@
 """Bulk export: the catalog (or the part matching tags / a query) as CSV, NDJSON or JSON.
 
-One `COPY ... TO STDOUT` in one transaction (a consistent snapshot), streamed chunk by chunk to
-the caller: a file, or an async iterator of bytes for an HTTP response. Nothing is held in
-memory beyond a few chunks, and there is no per-row work in Python (see `sql.copy_out`).
+`COPY ... TO STDOUT` in a REPEATABLE READ, READ ONLY transaction (one snapshot), streamed chunk
+by chunk to the caller: a file, or an async iterator of bytes for an HTTP response. Nothing is
+held in memory beyond a few chunks, and there is no per-row work in Python (see `sql.copy_out`).
+
+A big unfiltered export to a regular file can run as `jobs` COPYs at once, each over a range of
+ids, on its own connection, all sharing the first transaction's snapshot: the server's work (the
+bottleneck: it formats every row) is spread over its cores, as `pg_dump --jobs` does. The first
+range streams into the file; the others are spilled to temporary files beside it and appended
+in order (in the kernel, `os.sendfile`), so the file is byte for byte what one COPY writes.
 
 What it writes reads back through import unchanged: the CSV header is `name,url,description,
 tags` with tags joined by `;`; NDJSON / JSON objects carry the API's fields. Rows come oldest
@@ -13,20 +19,24 @@ file.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 import stat
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+import tempfile
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import ExitStack
 from typing import IO, Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from tutorials.db.session import Database
 from tutorials.errors import InvalidInput
 from tutorials.schemas import check_query, check_tags
 from tutorials.transfer import sql
 from tutorials.transfer.importer import as_database
-from tutorials.transfer.sql import ExportFormat
+from tutorials.transfer.sql import ExportFormat, IdRange
 
 #: The statement timeout of an export, in seconds: a whole catalog is one COPY statement.
 EXPORT_TIMEOUT = 3600.0
@@ -36,8 +46,41 @@ MEDIA_TYPES: dict[str, str] = {
     "ndjson": "application/x-ndjson",
     "json": "application/json",
 }
+#: A COPY stream of a parallel export covers at least this many ids: below that, a second
+#: connection, a shared snapshot and a spill file cost more than they save.
+PARALLEL_MIN_ROWS = 100_000
+#: Bytes per read when a spilled part is fed to a sink (not to a regular file).
+_APPEND_CHUNK = 1 << 20
 
 Sink = Callable[[bytes], Coroutine[Any, Any, None]]
+#: Adds a spilled part (a temporary file, complete) to the output, after what came before.
+Append = Callable[[IO[bytes]], Awaitable[None]]
+
+
+class ExportWriteError(Exception):
+    """The export's output could not be written (a full disk, a file closed under it).
+
+    Not a `TutorialsError`, and not an `OSError` either: the unit of work and the command line
+    classify a bare `OSError` as "cannot reach the database", which would send whoever reads
+    the message to look at the wrong thing. `reason` is the system's words (`No space left on
+    device`); the original error is the `__cause__`.
+    """
+
+    def __init__(self, error: OSError) -> None:
+        self.reason = error.strerror or str(error) or type(error).__name__
+        super().__init__(f"cannot write the export: {self.reason}")
+
+
+def _writing(write: Callable[[bytes], object]) -> Sink:
+    """An async sink over a local file's `write`: a write costs less than a thread hop."""
+
+    async def sink(data: bytes) -> None:
+        try:
+            write(data)
+        except OSError as exc:
+            raise ExportWriteError(exc) from exc
+
+    return sink
 
 
 def _regular_file(file: IO[bytes]) -> bool:
@@ -52,6 +95,12 @@ def check_format(format: str) -> ExportFormat:
         if format == known:
             return known
     raise InvalidInput(f"unknown export format {format!r}: use one of {', '.join(EXPORT_FORMATS)}")
+
+
+def check_jobs(jobs: int) -> int:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise InvalidInput(f"jobs must be a whole number >= 1, not {jobs!r}")
+    return jobs
 
 
 class _JsonArray:
@@ -78,6 +127,159 @@ class _JsonArray:
             await self.sink(self.tail.removesuffix(b",\n") + b"\n]\n")
 
 
+def _feeding(sink: Sink) -> Append:
+    """Append a spilled part by reading it back into `sink`."""
+
+    async def append(spill: IO[bytes]) -> None:
+        try:
+            spill.seek(0)
+            chunk = spill.read(_APPEND_CHUNK)
+        except OSError as exc:
+            raise ExportWriteError(exc) from exc
+        while chunk:
+            await sink(chunk)
+            try:
+                chunk = spill.read(_APPEND_CHUNK)
+            except OSError as exc:
+                raise ExportWriteError(exc) from exc
+
+    return append
+
+
+def _spill_file(directory: str | None) -> IO[bytes]:
+    """A temporary file for a spilled part: beside the output if it can, else in $TMPDIR."""
+    if directory is not None:
+        try:
+            return tempfile.TemporaryFile(dir=directory, prefix=".tutorials-export-")
+        except OSError:
+            pass
+    try:
+        return tempfile.TemporaryFile(prefix="tutorials-export-")
+    except OSError as exc:
+        raise ExportWriteError(exc) from exc
+
+
+class _Stopped(Exception):
+    """How a stream ends when another stream of the same export failed."""
+
+
+class _Streams:
+    """The COPY streams of one export, stopped together when one of them fails."""
+
+    def __init__(self) -> None:
+        self.sinks: list[sql.CopySink] = []
+
+    def sink(self, sink: Sink) -> sql.CopySink:
+        guarded = sql.CopySink(sink)
+        self.sinks.append(guarded)
+        return guarded
+
+    async def all(self, works: Sequence[Awaitable[int]]) -> list[int]:
+        """Run `works` at once; the rows each sent, or the first failure (the others stopped).
+
+        The others are stopped through their sinks (`CopySink.stop` closes their connections),
+        not by cancelling their tasks: a task cancelled just after asyncpg handed it a chunk
+        (its waiter done, the task not yet resumed) leaves the COPY running unseen and the
+        connection out of step with the server. Cancelling us still cancels them.
+        """
+        tasks = [asyncio.ensure_future(work) for work in works]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if not all(task.done() for task in tasks):
+                for sink in self.sinks:
+                    sink.stop(_Stopped("another stream of this export failed"))
+                await asyncio.wait(tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        failures = [task.exception() for task in tasks]
+        for failure in failures:
+            if failure is not None and not isinstance(failure, _Stopped):
+                raise failure
+        return [task.result() for task in tasks]
+
+
+async def _copy(session: AsyncSession, copying: Awaitable[int]) -> int:
+    """Run a COPY of this session's; one that was stopped raises its cause, its connection
+    invalidated (it was closed under the COPY: the unit of work must not roll back on it)."""
+    try:
+        return await copying
+    except sql.CopyStopped as stopped:
+        if stopped.connection_closed:
+            connection = await session.connection()
+            await connection.invalidate()
+        raise stopped.failure from stopped.failure.__cause__
+
+
+async def _export(
+    database: Database,
+    sink: Sink,
+    *,
+    kind: ExportFormat,
+    tags: list[str],
+    query: str | None,
+    statement_timeout: float,
+    jobs: int,
+    append: Append,
+    spill_dir: str | None,
+) -> int:
+    """One export; `jobs` > 1 may split it into that many COPY streams (see the module)."""
+    timeout_ms = max(1, int(statement_timeout * 1000))
+
+    async def copy(
+        session: AsyncSession,
+        connection: asyncpg.Connection,
+        to: Sink | sql.CopySink,
+        ids: IdRange = sql.WHOLE,
+        header: bool = True,
+    ) -> int:
+        copying = sql.copy_out(
+            connection,
+            to,
+            format=kind,
+            tags=tags,
+            query=query,
+            time_limit=statement_timeout,
+            ids=ids,
+            header=header,
+        )
+        return await _copy(session, copying)
+
+    async with database.session() as session:
+        connection = await sql.begin_export(session, timeout_ms)
+        # a filtered export reads its rows through an index over the whole table, which each
+        # stream would read again: it stays one stream
+        parallel = jobs > 1 and not tags and query is None
+        ranges = await sql.split_ids(connection, jobs, PARALLEL_MIN_ROWS) if parallel else []
+        if len(ranges) <= 1:
+            return await copy(session, connection, sink)
+        snapshot = await sql.export_snapshot(connection)
+
+        streams = _Streams()
+
+        async def spilled(ids: IdRange, to_spill: sql.CopySink) -> int:
+            async with database.session() as other:
+                raw = await sql.begin_export(other, timeout_ms, snapshot=snapshot)
+                return await copy(other, raw, to_spill, ids, header=False)
+
+        with ExitStack() as stack:
+            spills = [stack.enter_context(_spill_file(spill_dir)) for _ in ranges[1:]]
+            # every sink made before any stream starts, so that a failure stops them all
+            first = streams.sink(sink)
+            rest = [streams.sink(_writing(spill.write)) for spill in spills]
+            counts = await streams.all(
+                [
+                    copy(session, connection, first, ranges[0]),
+                    *(spilled(ids, to) for ids, to in zip(ranges[1:], rest, strict=True)),
+                ]
+            )
+            for spill in spills:
+                await append(spill)
+        return sum(counts)
+
+
 async def export_to(
     target: Database | AsyncEngine,
     sink: Sink,
@@ -87,20 +289,86 @@ async def export_to(
     query: str | None = None,
     statement_timeout: float = EXPORT_TIMEOUT,
 ) -> int:
-    """Stream the export to an async `sink(bytes)`; returns the number of rows."""
+    """Stream the export to an async `sink(bytes)`, as one COPY; returns the number of rows."""
+    return await _export_checked(
+        target, sink, format, tags, query, statement_timeout, 1, None, None
+    )
+
+
+async def _export_checked(
+    target: Database | AsyncEngine,
+    sink: Sink,
+    format: str,
+    tags: Sequence[str],
+    query: str | None,
+    statement_timeout: float,
+    jobs: int,
+    append: Append | None,
+    spill_dir: str | None,
+) -> int:
     kind = check_format(format)
     tag_filter = check_tags(tags)
     text_query = check_query(query) if query is not None else None
     database = as_database(target)
     array = _JsonArray(sink) if kind == "json" else None
-    async with database.session() as session:
-        connection = await sql.begin(session, max(1, int(statement_timeout * 1000)))
-        rows = await sql.copy_out(
-            connection, array or sink, format=kind, tags=tag_filter, query=text_query
-        )
+    out = array or sink
+    rows = await _export(
+        database,
+        out,
+        kind=kind,
+        tags=tag_filter,
+        query=text_query,
+        statement_timeout=statement_timeout,
+        jobs=jobs,
+        # a JSON array's parts go through the array's sink; a file's are appended in the kernel
+        append=append if append is not None and array is None else _feeding(out),
+        spill_dir=spill_dir,
+    )
     if array is not None:
         await array.close()
     return rows
+
+
+def _sending(out: IO[bytes]) -> Append:
+    """Append a spilled part to the regular file `out` in the kernel (`os.sendfile`)."""
+
+    async def append(spill: IO[bytes]) -> None:
+        try:
+            spill.flush()
+            out.flush()
+            size = spill.seek(0, os.SEEK_END)
+            offset = _send(out.fileno(), spill.fileno(), size)
+            if offset < size:  # no sendfile between files here: copy it through user space
+                spill.seek(offset)
+                while chunk := spill.read(_APPEND_CHUNK):
+                    out.write(chunk)
+            out.seek(0, os.SEEK_END)  # the file object's idea of its position, after sendfile
+        except OSError as exc:
+            raise ExportWriteError(exc) from exc
+
+    return append
+
+
+def _send(out: int, spill: int, size: int) -> int:
+    """Copy `spill` (from its start) to `out`'s position in the kernel; the bytes copied, fewer
+    than `size` only when this system cannot sendfile between files (nothing copied then)."""
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(out, spill, offset, size - offset)
+        except OSError as exc:
+            if offset == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK):
+                return 0
+            raise
+        if sent == 0:
+            raise OSError(errno.EIO, "the spilled part ended early")
+        offset += sent
+    return offset
+
+
+def _directory_of(file: IO[bytes]) -> str | None:
+    name = getattr(file, "name", None)
+    return os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else None
 
 
 async def export_rows(
@@ -111,29 +379,42 @@ async def export_rows(
     tags: Sequence[str] = (),
     query: str | None = None,
     statement_timeout: float = EXPORT_TIMEOUT,
+    jobs: int = 1,
 ) -> int:
     """Write the export to a binary file (or an async callable); returns the number of rows.
 
     `tags`: only tutorials carrying all of them; `query`: full-text search, same syntax as
     `search_tutorials`. A regular file is written directly; anything else (a pipe, a socket)
     from a worker thread, so a slow reader never blocks the event loop.
+
+    `jobs`: up to that many COPY streams (and pool connections) at once for a big, unfiltered
+    export to a regular file, the later ranges spilled to temporary files beside it (see the
+    module); the output is the same. Anything else is one stream.
+
+    A failure to write (to `out` or a spill file) raises `ExportWriteError`.
     """
+    check_jobs(jobs)
+    append: Append | None = None
+    spill_dir: str | None = None
     if callable(out):
         sink: Sink = out
+        jobs = 1
     elif _regular_file(out):
-        write = out.write
-
-        async def sink(data: bytes) -> None:
-            write(data)  # a local file: a write costs less than a thread hop
-
+        sink = _writing(out.write)
+        append = _sending(out)
+        spill_dir = _directory_of(out)
     else:
         slow_write = out.write
+        jobs = 1
 
         async def sink(data: bytes) -> None:
-            await asyncio.to_thread(slow_write, data)
+            try:
+                await asyncio.to_thread(slow_write, data)
+            except OSError as exc:
+                raise ExportWriteError(exc) from exc
 
-    return await export_to(
-        target, sink, format=format, tags=tags, query=query, statement_timeout=statement_timeout
+    return await _export_checked(
+        target, sink, format, tags, query, statement_timeout, jobs, append, spill_dir
     )
 
 
