@@ -169,7 +169,8 @@ async def get_tutorial(request: Request) -> Response:
     return _json(read, headers={"ETag": tag})
 
 
-def _last(request: Request, name: str) -> str | None:
+def last_param(request: Request, name: str) -> str | None:
+    """A query parameter's last value (`?limit=5&limit=10` is 10), None when absent."""
     values = request.query_params.getlist(name)
     return values[-1] if values else None
 
@@ -267,10 +268,10 @@ def _cursor(raw: str | None) -> str | None:
     },
 )
 async def list_tutorials(request: Request) -> Response:
-    limit = _limit(_last(request, "limit"))
-    cursor = _cursor(_last(request, "cursor"))
+    limit = _limit(last_param(request, "limit"))
+    cursor = _cursor(last_param(request, "cursor"))
     tags = _tags(request.query_params.getlist("tag"))
-    text = _search_text(_last(request, "q"))
+    text = _search_text(last_param(request, "q"))
     candidates: int = request.app.state.search_candidates
 
     async def work(session: repository.Executor) -> repository.Page:

@@ -36,7 +36,7 @@ from tutorials.api.bodies import TAG_PATTERN, TEXT_PATTERN, compile_pattern, req
 from tutorials.api.openapi import problems, query
 from tutorials.api.plain import PlainRoute
 from tutorials.api.problems import problem_response
-from tutorials.api.routes import database_of
+from tutorials.api.routes import database_of, last_param
 from tutorials.api.security import require_writer
 from tutorials.errors import FieldError, InvalidInput
 from tutorials.schemas import QUERY_MAX, TAG_MAX, TAGS_MAX, check_query, check_tags
@@ -138,11 +138,6 @@ def _result(summary: ImportSummary) -> bytes:
         .model_dump_json()
         .encode()
     )
-
-
-def _last(request: Request, name: str) -> str | None:
-    values = request.query_params.getlist(name)
-    return values[-1] if values else None
 
 
 def _invalid(name: str, message: str) -> InvalidInput:
@@ -282,8 +277,8 @@ IMPORT_BODY: dict[str, Any] = {
 async def import_tutorials(request: Request) -> Response:
     require_writer(request)
     require_media_type(request, IMPORT_TYPES, "Accept-Post")
-    on_conflict = _on_conflict(_last(request, "on_conflict"))
-    max_errors = _max_errors(_last(request, "max_errors"))
+    on_conflict = _on_conflict(last_param(request, "on_conflict"))
+    max_errors = _max_errors(last_param(request, "max_errors"))
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     rows: AsyncIterator[SourceRow | RowError]
     if media_type == CSV:
@@ -354,9 +349,9 @@ _EXPORT_ITEM = {
     },
 )
 async def export_tutorials(request: Request) -> Response:
-    format = _format(_last(request, "format"))
+    format = _format(last_param(request, "format"))
     tags = _tags(request.query_params.getlist("tag"))
-    text = _search_text(_last(request, "q"))
+    text = _search_text(last_param(request, "q"))
     stream = iter_export(database_of(request), format=format, tags=tags, query=text)
     # Start the export before answering: a database that is down is a clean 503, not a 200
     # cut short.
