@@ -218,10 +218,11 @@ class Database:
                 await _shielded(greenlet_spawn(_check_in, proxied, discard))
             else:
                 # The common case: the connection goes back into the pool's queue, which never
-                # awaits (no SQLAlchemy transaction is open on it, so the reset is a no-op),
-                # so there is no suspension point for a cancellation to land on, and no need
-                # for the task a shield costs (≈ 60 µs per call, measured).
-                await greenlet_spawn(_check_in, proxied, False)
+                # awaits (no SQLAlchemy transaction is open on it, so the reset is a no-op, and
+                # the queue has room), so it runs right here: no suspension point for a
+                # cancellation to land on, no shield task (≈ 60 µs) and no greenlet (≈ 8 µs,
+                # measured) either.
+                _check_in(proxied, False)
         if busy:
             # Fairness towards tasks waiting in the pool itself (ORM units of work, or `fast`
             # calls when those hold connections). Returning the connection woke the task that
