@@ -88,3 +88,9 @@ def test_invalid_setting_error_does_not_echo_input(monkeypatch: pytest.MonkeyPat
         Settings(_env_file=None)  # type: ignore[call-arg]
     assert "s3cret" not in str(caught.value)
     assert "pool_size" in str(caught.value)
+
+
+def test_fastapis_opentelemetry_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().opentelemetry is False
+    monkeypatch.setenv("TUTORIALS_OPENTELEMETRY", "true")
+    assert Settings().opentelemetry is True

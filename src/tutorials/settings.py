@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     max_import_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     retry_after_seconds: int = Field(default=1, ge=1)
+    #: FastAPI's native OpenTelemetry (spans, metrics, logs) for a process where an
+    #: OpenTelemetry SDK is configured. Off by default: the service has its own `/metrics` and
+    #: request-id logs, and FastAPI's check for a configured provider alone costs ≈ 9 µs of
+    #: CPU per request, about 8% of a `GET /tutorials/{id}` (benchmarks/RESULTS.md).
+    opentelemetry: bool = False
 
     @field_validator("database_url", mode="before")
     @classmethod

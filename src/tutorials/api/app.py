@@ -17,11 +17,13 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.pool import Pool
 from starlette.middleware.cors import CORSMiddleware
 
 from tutorials.api import health, problems, routes, transfer
 from tutorials.api.bodies import TutorialCreateBody, TutorialPatchBody
+from tutorials.api.dispatch import DirectRoutes
 from tutorials.api.metrics import HttpMetrics
 from tutorials.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tutorials.api.openapi import build
@@ -42,6 +44,10 @@ Errors are RFC 9457 `application/problem+json`. Writes (POST, PATCH, DELETE) nee
 version): send it back in `If-Match` to update or delete only what you read, or in
 `If-None-Match` to get a 304 when nothing changed.
 """
+
+
+#: FastAPI's native telemetry, all off (`Settings.opentelemetry` turns it back on).
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def _package_version() -> str:
@@ -103,6 +109,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     if database is not None:
         app.state.database = database  # usable even without running the lifespan
@@ -126,8 +133,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.include_router(health.router)
     _include_web(app)
 
-    # Added innermost first: the request context wraps everything, CORS answers preflights
-    # before the body limit, the body limit sits right outside the routes.
+    # Added innermost first: the tutorial routes are served right inside the body limit, the
+    # request context wraps everything, CORS answers preflights before the body limit.
+    app.add_middleware(
+        DirectRoutes, routes=routes.router.routes, exception_handlers=app.exception_handlers
+    )
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
