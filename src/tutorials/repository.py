@@ -177,9 +177,9 @@ async def list_page(
             records = await session.fetch(_PAGE_TAGS_SQL, after, limit + 1, list(tags))
         else:
             records = await session.fetch(_PAGE_SQL, after, limit + 1)
-        items = [_tutorial(row) for row in records]
-        if len(items) > limit:
-            del items[limit:]
+        # Objects only for the rows returned: the extra one only says whether a page follows.
+        items = [_tutorial(row) for row in records[:limit]]
+        if len(records) > limit:
             return Page(items, _encode_cursor("i", [items[-1].tutorial_id]))
         return Page(items, None)
     statement = _filtered(select(Tutorial), tags).order_by(Tutorial.tutorial_id).limit(limit + 1)
@@ -433,10 +433,9 @@ async def _search_direct(
             await connection.execute("COMMIT")
     else:
         records = await connection.fetch(_SEARCH_SQL.format(filters=found + after), *args)
-    items = [_tutorial(row) for row in records]
+    items = [_tutorial(row) for row in records[:limit]]
     next_cursor = None
-    if len(items) > limit:
-        del items[limit:]
+    if len(records) > limit:
         next_cursor = _encode_cursor(
             "r", [float(records[limit - 1]["rank"]), items[-1].tutorial_id]
         )

@@ -14,6 +14,7 @@ import contextlib
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.support import admin_execute, run_async
 from tutorials import repository
 from tutorials.db import engine as engine_module
 from tutorials.db.embedded import EmbeddedPostgres
+from tutorials.db.engine import take_idle_connection
 from tutorials.db.migrate import upgrade
 from tutorials.db.session import Database
 from tutorials.errors import Unavailable
@@ -172,3 +174,44 @@ async def test_connections_carry_the_server_settings(database: Database) -> None
         raw = await connection.get_raw_connection()
         assert raw.driver_connection is not None
         assert await show(raw.driver_connection) == ("15s", "5s", "tutorials")
+
+
+async def _pid(connection: asyncpg.Connection) -> int:
+    return int(await connection.fetchval("SELECT pg_backend_pid()"))
+
+
+async def test_an_idle_connection_is_taken_without_a_greenlet(database_url: URL) -> None:
+    async with _database(database_url) as database:
+        assert take_idle_connection(database.engine) is None  # none idle: connect in a greenlet
+        pid = await database.fast(_pid)
+        taken = take_idle_connection(database.engine)  # plain code, no greenlet around it
+        assert taken is not None and taken.driver_connection is not None
+        try:
+            assert await _pid(taken.driver_connection) == pid  # the pooled one, reused
+            assert take_idle_connection(database.engine) is None  # it was the only one
+        finally:
+            taken.close()
+        assert database.engine.pool.checkedin() == 1
+
+
+async def test_connections_to_replace_are_left_to_the_greenlet_quietly(
+    database_url: URL,
+) -> None:
+    """Recycled or invalidated: taking it directly gives None, warns nothing, loses no slot,
+    and the next call reconnects."""
+    async with _database(database_url, pool_recycle=1) as database:
+        first = await database.fast(_pid)
+        await asyncio.sleep(1.1)  # past pool_recycle
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. a connect() coroutine made and never awaited
+            assert take_idle_connection(database.engine) is None
+        assert database.engine.pool.checkedin() == 1  # the entry went back to the pool
+        second = await database.fast(_pid)
+        assert second != first
+
+        proxied = await database.engine.raw_connection()
+        proxied.invalidate()  # back in the pool with no connection at all
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert take_idle_connection(database.engine) is None
+        assert await database.fast(_pid) not in (first, second)

@@ -32,7 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from tutorials.db.engine import aresolve_url, create_engine
+from tutorials.db.engine import (
+    aresolve_url,
+    create_engine,
+    ping_if_due,
+    take_idle_connection,
+)
 from tutorials.errors import (
     InvalidInput,
     RetryableConflict,
@@ -178,14 +183,29 @@ class Database:
         except TimeoutError:
             raise Unavailable("no database connection became free in time") from None
 
-    async def _fast_checked_out(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def _checkout(self) -> PoolProxiedConnection:
+        """A connection from the pool: an idle one directly, else through SQLAlchemy's greenlet
+        (which waits for one, connects, or replaces a stale one)."""
+        proxied = take_idle_connection(self.engine)
+        if proxied is not None:
+            try:
+                healthy = await ping_if_due(proxied)
+            except BaseException:  # cancelled mid-ping: the connection's state is unknown
+                await _shielded(greenlet_spawn(_check_in, proxied, True))
+                raise
+            if healthy:
+                return proxied
+            await _shielded(greenlet_spawn(_check_in, proxied, True))
         self._acquiring += 1
         try:
-            proxied = await self.engine.raw_connection()
+            return await self.engine.raw_connection()
         except Exception as exc:
             raise _translate(exc, connecting=True) from exc
         finally:
             self._acquiring -= 1
+
+    async def _fast_checked_out(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        proxied = await self._checkout()
         connection: Connection | None = proxied.driver_connection
         assert connection is not None
         reusable = False
