@@ -63,9 +63,11 @@ EXIT_REJECTED = EXIT_ERROR
 PLAIN_PROGRESS_EVERY = 5.0
 #: Rejected rows shown on stderr at the end (all of them go to --errors FILE).
 SHOWN_ERRORS = 5
-#: COPY streams of an export to a file (`--jobs`): the server formats every row, and this
-#: spreads that work over two of its cores, as `pg_dump --jobs 2` would.
-EXPORT_JOBS = 2
+#: COPY streams of an export to a file (`--jobs`). One, like psql and pg_dump: on this
+#: project's 2-core machines a second stream only competed with the first for the server's
+#: cores (1M rows: 0.98-1.04 s with one, 1.16-1.22 s with two; benchmarks/RESULTS.md). More
+#: pay off where the server has idle cores, since it formats every row.
+EXPORT_JOBS = 1
 
 _EXTENSIONS = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "json"}
 
@@ -364,7 +366,8 @@ def export(
             "--jobs",
             "-j",
             min=1,
-            help="COPY streams (and connections) at once for a big export to a file.",
+            help="COPY streams (and connections) at once for a big export to a file: more "
+            "help when the database server has idle cores.",
         ),
     ] = EXPORT_JOBS,
 ) -> None:

@@ -9,7 +9,7 @@
     with open("backup.ndjson", "wb") as out:
         await export_rows(database, out, format="ndjson", tags=["python"])
 
-    with open("backup.csv", "wb") as out:          # a big export, two COPY streams at once
+    with open("backup.csv", "wb") as out:  # two COPY streams, for a server with idle cores
         await export_rows(database, out, jobs=2)
 
 Every function takes a `tutorials.Database` or a caller's SQLAlchemy `AsyncEngine`. The rules
