@@ -455,8 +455,12 @@ def _check_cursor_id(value: object) -> int:
     return value
 
 
+#: One encoder for every cursor: `json.dumps(..., separators=...)` builds a new one per call.
+_CURSOR_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _encode_cursor(kind: str, values: list[Any]) -> str:
-    raw = json.dumps([kind, *values], separators=(",", ":")).encode()
+    raw = _CURSOR_JSON.encode([kind, *values]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -464,7 +468,7 @@ def _decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]
     """Decode a cursor made by `_encode_cursor(kind, ...)`; anything else is `InvalidInput`."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decoded = json.loads(raw)
+        decoded = json.loads(raw.decode())  # from str: half the cost of sniffing bytes
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise InvalidInput("invalid cursor") from None
     if (
