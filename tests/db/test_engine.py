@@ -21,12 +21,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 from tests.support import admin_execute, run_async
 
 from tutorials import repository
 from tutorials.db import engine as engine_module
 from tutorials.db.embedded import EmbeddedPostgres
-from tutorials.db.engine import take_idle_connection
+from tutorials.db.engine import take_idle_connection, takes_idle_connections
 from tutorials.db.migrate import upgrade
 from tutorials.db.session import Database
 from tutorials.errors import Unavailable
@@ -215,3 +216,17 @@ async def test_connections_to_replace_are_left_to_the_greenlet_quietly(
             warnings.simplefilter("error")
             assert take_idle_connection(database.engine) is None
         assert await database.fast(_pid) not in (first, second)
+
+
+async def test_a_callers_own_engine_is_never_taken_from_directly(database_url: URL) -> None:
+    """With SQLAlchemy's own pre-ping (which awaits at every checkout) the fast path still
+    works: only engines made by `create_engine` get the greenlet-free checkout."""
+    own = Database(create_async_engine(database_url, pool_pre_ping=True, pool_size=2))
+    try:
+        assert not takes_idle_connections(own.engine)
+        pids = {await own.fast(_pid) for _ in range(4)}
+        assert len(pids) == 1  # the one pooled connection, pre-pinged and reused each time
+    finally:
+        await own.dispose()
+    async with _database(database_url) as ours:
+        assert takes_idle_connections(ours.engine)

@@ -153,7 +153,9 @@ def take_idle_connection(engine: AsyncEngine) -> PoolProxiedConnection | None:
       failed reconnect, and None sends the caller to `raw_connection()`, which reconnects;
     - a ping due after a long idle: the checkout listener leaves it to `ping_if_due`.
 
-    None as well when no connection is idle (waiting or connecting needs the greenlet).
+    None as well when no connection is idle (waiting or connecting needs the greenlet). Only
+    for engines made by `create_engine` (see `takes_idle_connections`): on another engine a
+    checkout could await (SQLAlchemy's pre-ping, a reconnect without our guard) and fail.
     """
     pool = engine.pool
     if not isinstance(pool, QueuePool) or pool.checkedin() == 0:
@@ -162,6 +164,12 @@ def take_idle_connection(engine: AsyncEngine) -> PoolProxiedConnection | None:
         return pool.connect()
     except _NeedsGreenlet:
         return None
+
+
+def takes_idle_connections(engine: AsyncEngine) -> bool:
+    """Whether `take_idle_connection` is safe on this engine: made by `create_engine` (no
+    SQLAlchemy pre-ping, reconnects refused outside the greenlet), not a caller's own."""
+    return event.contains(engine.sync_engine, "do_connect", _connect_in_a_greenlet_only)
 
 
 async def ping_if_due(connection: PoolProxiedConnection) -> bool:

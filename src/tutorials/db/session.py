@@ -37,6 +37,7 @@ from tutorials.db.engine import (
     create_engine,
     ping_if_due,
     take_idle_connection,
+    takes_idle_connections,
 )
 from tutorials.errors import (
     InvalidInput,
@@ -74,6 +75,8 @@ class Database:
         self._acquiring = 0  # tasks inside `fast` waiting for the pool itself
         self._sessions = 0  # ORM units of work open (they take connections past `_slots`)
         self._slots = asyncio.Semaphore(self.capacity) if self.capacity else None
+        #: Idle connections are taken without a greenlet only from engines made for that.
+        self._take_idle = takes_idle_connections(self.engine)
 
     @classmethod
     def from_url(cls, url: URL, settings: Settings | None = None) -> Database:
@@ -186,7 +189,7 @@ class Database:
     async def _checkout(self) -> PoolProxiedConnection:
         """A connection from the pool: an idle one directly, else through SQLAlchemy's greenlet
         (which waits for one, connects, or replaces a stale one)."""
-        proxied = take_idle_connection(self.engine)
+        proxied = take_idle_connection(self.engine) if self._take_idle else None
         if proxied is not None:
             try:
                 healthy = await ping_if_due(proxied)
