@@ -400,3 +400,32 @@ async def test_fast_hands_connections_to_waiters_in_turn(
     finally:
         await database.dispose()
     assert order.index("waiter") <= 1, order
+
+
+async def test_fast_calls_running_through_dispose_close_their_connections_cleanly(
+    database_url: URL, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disposing replaces the pool; connections still out come back to the old one, which has
+    room for `pool_size` of them and must close the rest, awaiting the driver to do it."""
+    database = Database.from_url(
+        database_url, settings.model_copy(update={"pool_size": 1, "max_overflow": 2})
+    )
+    started = asyncio.Event()
+    release = asyncio.Event()
+    running = 0
+
+    async def hold(connection: asyncpg.Connection) -> int:
+        nonlocal running
+        running += 1
+        if running == 3:
+            started.set()
+        await release.wait()
+        return int(await connection.fetchval("SELECT 1"))
+
+    tasks = [asyncio.create_task(database.fast(hold)) for _ in range(3)]
+    await started.wait()
+    await database.dispose()
+    release.set()
+    assert await asyncio.gather(*tasks) == [1, 1, 1]
+    assert "Exception closing connection" not in caplog.text
+    await database.dispose()

@@ -77,6 +77,7 @@ class Database:
         self._slots = asyncio.Semaphore(self.capacity) if self.capacity else None
         #: Idle connections are taken without a greenlet only from engines made for that.
         self._take_idle = takes_idle_connections(self.engine)
+        self._disposed = False
 
     @classmethod
     def from_url(cls, url: URL, settings: Settings | None = None) -> Database:
@@ -234,10 +235,10 @@ class Database:
             # SQLAlchemy's greenlet, since closing a connection awaits the driver.
             discard = not reusable or connection.is_closed() or connection.is_in_transaction()
             busy = self._busy()
-            if discard or self._pool_is_full():
-                # The check-in will await (closing this connection, or an overflow one the
-                # pool has no room for): shielded, so cancellation cannot stop the pool slot
-                # from coming back.
+            if discard or self._disposed or self._pool_is_full():
+                # The check-in will await (closing this connection, an overflow one the pool
+                # has no room for, or one whose pool `dispose` replaced): shielded, so
+                # cancellation cannot stop the pool slot from coming back.
                 await _shielded(greenlet_spawn(_check_in, proxied, discard))
             else:
                 # The common case: the connection goes back into the pool's queue, which never
@@ -279,6 +280,7 @@ class Database:
         return isinstance(pool, QueuePool) and pool.checkedout() > 1
 
     async def dispose(self) -> None:
+        self._disposed = True  # calls still running return their connections in a greenlet
         await self.engine.dispose()
 
 
