@@ -12,9 +12,12 @@ in time and concurrency.
 The database must exist and be at the migrations' head (or pass --migrate). Rows are added by
 the POST scenario; use a scratch database.
 
-`--in-process` instead calls the ASGI app directly (no sockets, no uvicorn, no client) one
-request at a time and reports the app's own CPU time per request: the figure least disturbed
-by whatever else the machine is doing.
+`--in-process` instead calls the ASGI app directly (no sockets, no uvicorn, no client) from
+`--concurrency` tasks and reports the app's own CPU time per request: the figure least
+disturbed by whatever else the machine is doing. `--bare` measures the baseline app
+(`benchmarks/bare_app.py`) the same way; both on a pool of 20:
+
+    DATABASE_URL=... uv run python -m benchmarks.http_quick --in-process [--bare]
 """
 
 from __future__ import annotations
@@ -31,8 +34,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from itertools import count
+from typing import Any
 
 import httpx
+import uvloop
+
+#: Connections in each app's pool, as in the served benchmark (`httpbench.py`).
+POOL = 20
 
 
 def cpu_seconds(pid: int) -> float:
@@ -151,22 +159,46 @@ async def main(concurrency: int, seconds: float, base_url: str, server_pid: int)
         await run_scenario(name, request, base_url, concurrency, seconds, expected, server_pid)
 
 
-async def in_process(requests: int) -> None:
-    """CPU time per request of the app alone, called directly as an ASGI application."""
-    from tutorials.api import create_app
-    from tutorials.db.session import Database
-    from tutorials.settings import get_settings
+async def _lifespan(app: Any) -> Callable[[], Awaitable[None]]:
+    """Run an ASGI app's startup; returns its shutdown."""
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
 
-    settings = get_settings()
-    url = settings.sqlalchemy_url()
-    assert url is not None
-    database = Database.from_url(url, settings)
-    app = create_app(settings, database)
+    async def send(message: dict[str, object]) -> None:
+        await outbox.put(message)
+
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.create_task(app(scope, inbox.get, send))
+    started = await outbox.get()
+    assert started["type"] == "lifespan.startup.complete", started
+
+    async def shutdown() -> None:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await task
+
+    return shutdown
+
+
+async def in_process(requests: int, concurrency: int, bare: bool) -> None:
+    """CPU time per request of the app alone, called directly as an ASGI application by
+    `concurrency` tasks (uvloop, as the servers run). `bare`: the baseline app instead."""
+    if bare:
+        from benchmarks.bare_app import make_app
+
+        app: Any = make_app(os.environ["DATABASE_URL"], POOL)
+    else:
+        from tutorials.api import create_app
+        from tutorials.settings import Settings
+
+        os.environ.setdefault("TUTORIALS_AUTO_MIGRATE", "false")
+        app = create_app(Settings(pool_size=POOL, max_overflow=0))  # type: ignore[call-arg]
+    shutdown = await _lifespan(app)
+    ids: list[int] = []
     numbers = count()
-    last_body: list[bytes] = []
 
-    async def call(method: str, path: str, body: bytes = b"") -> int:
-        headers = [(b"host", b"bench"), (b"content-type", b"application/json")]
+    async def call(method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -177,47 +209,50 @@ async def in_process(requests: int) -> None:
             "raw_path": path.encode(),
             "query_string": b"",
             "root_path": "",
-            "headers": headers,
+            "headers": [(b"host", b"bench"), (b"content-type", b"application/json")],
             "client": ("127.0.0.1", 1),
             "server": ("127.0.0.1", 80),
             "state": {},
         }
+        answer: list[object] = []
 
         async def receive() -> dict[str, object]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        statuses: list[int] = []
-
         async def send(message: dict[str, object]) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(int(str(message["status"])))
-            elif message["type"] == "http.response.body":
-                last_body[:] = [bytes(message.get("body", b""))]  # type: ignore[arg-type]
+            answer.append(message.get("status") or message.get("body", b""))
 
         await app(scope, receive, send)
-        return statuses[0]
+        return int(str(answer[0])), bytes(answer[1])  # type: ignore[arg-type]
+
+    async def post() -> None:
+        status, body = await call("POST", "/tutorials", b'{"name": "b %d"}' % next(numbers))
+        assert status == 201, status
+        ids.append(json.loads(body)["tutorial_id"])
+
+    async def get() -> None:
+        status, _ = await call("GET", f"/tutorials/{ids[next(numbers) % len(ids)]}")
+        assert status == 200, status
+
+    async def measure(name: str, one: Callable[[], Awaitable[None]]) -> None:
+        async def worker(share: int) -> None:
+            for _ in range(share):
+                await one()
+
+        share = max(1, requests // concurrency)
+        await asyncio.gather(*(worker(max(1, share // 5)) for _ in range(concurrency)))  # warm
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker(share) for _ in range(concurrency)))
+        done = share * concurrency
+        cpu_per = (time.process_time() - cpu) / done * 1e6
+        wall_per = (time.perf_counter() - started) / done * 1e6
+        print(f"{name:<24} app CPU {cpu_per:5.0f} µs/req   wall {wall_per:5.0f} µs/req")
 
     try:
-        created = await call("POST", "/tutorials", b'{"name": "in-process seed"}')
-        assert created == 201
-        seed_id = json.loads(last_body[0])["tutorial_id"]
-        for name, make in (
-            ("GET /tutorials/{id}", lambda: call("GET", f"/tutorials/{seed_id}")),
-            (
-                "POST /tutorials",
-                lambda: call("POST", "/tutorials", f'{{"name": "b {next(numbers)}"}}'.encode()),
-            ),
-        ):
-            for _ in range(200):  # warm up
-                await make()
-            started, cpu = time.perf_counter(), time.process_time()
-            for _ in range(requests):
-                await make()
-            cpu_per = (time.process_time() - cpu) / requests * 1e6
-            wall_per = (time.perf_counter() - started) / requests * 1e6
-            print(f"{name:<24} app CPU {cpu_per:5.0f} µs/req   wall {wall_per:5.0f} µs/req")
+        await measure("POST /tutorials", post)
+        await measure("GET /tutorials/{id}", get)
     finally:
-        await database.dispose()
+        await shutdown()
 
 
 if __name__ == "__main__":
@@ -226,11 +261,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--migrate", action="store_true", help="migrate the database first")
     parser.add_argument("--in-process", action="store_true", help="app CPU per request only")
+    parser.add_argument("--bare", action="store_true", help="--in-process: the baseline app")
+    parser.add_argument("--requests", type=int, default=20_000, help="--in-process: per test")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL"):
         raise SystemExit("set DATABASE_URL to a scratch database")
     if args.in_process:
-        asyncio.run(in_process(2000))
+        uvloop.run(in_process(args.requests, args.concurrency, args.bare))
         raise SystemExit(0)
     if not 0 < args.seconds <= 60:
         raise SystemExit("--seconds must be in (0, 60]")
