@@ -86,8 +86,9 @@ def create_engine(url: URL, settings: Settings) -> AsyncEngine:
     return engine
 
 
-class _NeedsGreenlet(Exception):
-    """Internal: a checkout outside SQLAlchemy's greenlet would have had to connect."""
+class _NeedsGreenlet(exc.MissingGreenlet):
+    """A connect attempted outside SQLAlchemy's greenlet: `take_idle_connection` expects it;
+    anyone else gets SQLAlchemy's own error type for that mistake."""
 
 
 def _connect_in_a_greenlet_only(
@@ -97,7 +98,7 @@ def _connect_in_a_greenlet_only(
     driver's `connect()` coroutine is even made: one made and never awaited would be closed
     with a "never awaited" RuntimeWarning. Inside the greenlet, the usual connect proceeds."""
     if not in_greenlet():
-        raise _NeedsGreenlet
+        raise _NeedsGreenlet("connecting needs SQLAlchemy's greenlet (greenlet_spawn)")
 
 
 def detect_stale_connections(
