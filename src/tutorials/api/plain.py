@@ -10,7 +10,10 @@ called with the request, as in Starlette.
 
 Consequence for whoever adds a route: with `route_class=PlainRoute`, declared parameters and
 `dependencies=[...]` are documentation only and never run; checks such as
-`security.require_writer` are called at the top of the handler.
+`security.require_writer` are called at the top of the handler. The tutorial routes are
+moreover served by `dispatch.DirectRoutes`, outside FastAPI's router: a handler there reads
+the request (path parameters, headers, body, `app.state`) but not the router
+(`request.url_for` needs `scope["router"]`, which is not set on that path).
 """
 
 from __future__ import annotations
