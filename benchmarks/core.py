@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -294,3 +295,39 @@ async def machine_info(admin_url: URL) -> dict[str, Any]:
         "git_commit": _run("git", "rev-parse", "--short", "HEAD").strip(),
         "event_loop": type(asyncio.get_running_loop()).__module__,
     }
+
+
+# -- servers on loopback: shared by the suites that spawn processes (http, startup) ---------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def http_status(port: int, path: str) -> int | None:
+    """The HTTP status of GET path on loopback, or None if nothing answers (yet)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return None
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        line = await asyncio.wait_for(reader.readline(), 5)
+        return int(line.split()[1]) if line else None
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """(own, waited-for children's) CPU seconds of a live process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick

@@ -7,7 +7,7 @@ that does not depend on how busy the machine or the Python client is). Loopback 
 in time and concurrency.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench \\
-        uv run python benchmarks/http_quick.py --concurrency 32 --seconds 3
+        uv run python -m benchmarks.http_quick --concurrency 32 --seconds 3
 
 The database must exist and be at the migrations' head (or pass --migrate). Rows are added by
 the POST scenario; use a scratch database.
@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,21 +38,10 @@ from typing import Any
 import httpx
 import uvloop
 
+from benchmarks.core import free_port, process_cpu
+
 #: Connections in each app's pool, as in the served benchmark (`httpbench.py`).
 POOL = 20
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used (Linux /proc), to get CPU per request."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_server(port: int, migrate: bool) -> subprocess.Popen[bytes]:
@@ -115,9 +103,9 @@ async def run_scenario(
                     failures += 1
 
         began = time.perf_counter()
-        cpu_before = cpu_seconds(server_pid)
+        cpu_before = process_cpu(server_pid)[0]
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        server_cpu = cpu_seconds(server_pid) - cpu_before
+        server_cpu = process_cpu(server_pid)[0] - cpu_before
         elapsed = time.perf_counter() - began
     ordered = sorted(latencies)
 

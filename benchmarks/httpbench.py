@@ -19,7 +19,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import Context, Table, median, percentile
+from benchmarks.core import (
+    Context,
+    Table,
+    free_port,
+    http_status,
+    median,
+    percentile,
+    process_cpu,
+)
 from benchmarks.seed import seed
 
 NAME = "http"
@@ -49,24 +56,12 @@ class HttpSample:
     server_cpu_us: float
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Server:
     """A server process on a free loopback port; stopped with SIGTERM (SIGKILL after 10 s)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.argv = [arg.replace("{port}", str(self.port)) for arg in argv]
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -86,7 +81,7 @@ class Server:
                 self.log.seek(0)
                 tail = self.log.read().decode(errors="replace")[-2000:]
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {tail}")
-            if await _http_status(self.port, "/readyz") == 200:
+            if await http_status(self.port, "/readyz") == 200:
                 return
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name} did not become ready in 60 s")
@@ -100,21 +95,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             await asyncio.to_thread(self.process.wait)
-
-
-async def _http_status(port: int, path: str) -> int | None:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return None
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-        line = await asyncio.wait_for(reader.readline(), 5)
-        return int(line.split()[1]) if line else None
-    except (OSError, TimeoutError, ValueError, IndexError):
-        return None
-    finally:
-        writer.close()
 
 
 def _wrk() -> str | None:
@@ -251,7 +231,7 @@ async def _measure(
         await _load_wrk(wrk, server.url, endpoint, connections, 1)
     else:
         await _load_python(server.port, endpoint, connections, 0.5)
-    cpu_before = _cpu_seconds(pid)
+    cpu_before = process_cpu(pid)[0]
     if wrk:
         rate, p50, p99, total, failures = await _load_wrk(
             wrk, server.url, endpoint, connections, seconds
@@ -260,7 +240,7 @@ async def _measure(
         rate, p50, p99, total, failures = await _load_python(
             server.port, endpoint, connections, seconds
         )
-    cpu = _cpu_seconds(pid) - cpu_before
+    cpu = process_cpu(pid)[0] - cpu_before
     return HttpSample(rate, p50, p99, total, failures, 1e6 * cpu / total if total else 0.0)
 
 

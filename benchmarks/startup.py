@@ -39,7 +39,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import Context, Table, median
+from benchmarks.core import Context, Table, free_port, http_status, median, process_cpu
 
 NAME = "startup"
 GOAL_SECONDS = 3.0
@@ -144,39 +143,6 @@ class Start:
     stamps: dict[str, float] = field(default_factory=dict)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _cpu(pid: int) -> tuple[float, float]:
-    """(own, waited-for children's) CPU seconds of a live process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
-
-
-async def _status(port: int, path: str) -> int | None:
-    """The HTTP status of GET path on loopback, or None if nothing answers yet."""
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return None
-    try:
-        request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-        writer.write(request.encode())
-        line = await asyncio.wait_for(reader.readline(), 5)
-        return int(line.split()[1]) if line else None
-    except (OSError, TimeoutError, ValueError, IndexError):
-        return None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
 class Bench:
     """The temporary directory, the environments and the processes of one suite run."""
 
@@ -239,7 +205,7 @@ class Bench:
     ) -> Start:
         """Spawn a server, poll /readyz until 200 (bounded), stop it; the time it took."""
         self.counter += 1
-        port = _free_port()
+        port = free_port()
         argv = [arg.replace("{port}", str(port)) for arg in argv]
         stamps_path = self.logs / f"{self.counter:03d}-{label}.stamps"
         log_path = self.logs / f"{self.counter:03d}-{label}.log"
@@ -256,13 +222,13 @@ class Bench:
                 if process.poll() is not None:
                     tail = log_path.read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"{label}: exited {process.returncode} early: {tail}")
-                if await _status(port, "/readyz") == 200:
+                if await http_status(port, "/readyz") == 200:
                     ready = time.monotonic()
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{label}: /readyz not 200 within {WAIT_SECONDS:.0f} s")
                 await asyncio.sleep(POLL_SECONDS)
-            own, children = _cpu(process.pid)
+            own, children = process_cpu(process.pid)
         finally:
             await self.stop_process(process)
         stamps: dict[str, float] = {}
