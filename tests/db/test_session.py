@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -35,6 +37,31 @@ def _checked_out(database: Database) -> int:
     pool = database.engine.pool
     assert isinstance(pool, QueuePool)
     return pool.checkedout()
+
+
+@asynccontextmanager
+async def _small_database(
+    database_url: URL, settings: Settings, **pool: object
+) -> AsyncIterator[Database]:
+    """A `Database` on a pool of one connection (unless `pool` says otherwise), disposed after."""
+    overrides = {"pool_size": 1, "max_overflow": 0, **pool}
+    database = Database.from_url(database_url, settings.model_copy(update=overrides))
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+class _Hold:
+    """A `fast` work that keeps its connection until `release` is set."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, _connection: asyncpg.Connection) -> None:
+        self.holding.set()
+        await self.release.wait()
 
 
 async def test_commits_when_the_block_ends(database: Database, dsn: str) -> None:
@@ -263,26 +290,14 @@ async def test_fast_retries_a_lost_connection_only_when_idempotent(database: Dat
 
 
 async def test_fast_pool_exhaustion_fails_fast(database_url: URL, settings: Settings) -> None:
-    database = Database.from_url(
-        database_url,
-        settings.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2}),
-    )
-    holding = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(_connection: asyncpg.Connection) -> None:
-        holding.set()
-        await release.wait()
-
-    try:
+    async with _small_database(database_url, settings, pool_timeout=0.2) as database:
+        hold = _Hold()
         task = asyncio.create_task(database.fast(hold))
-        await holding.wait()
+        await hold.holding.wait()
         with pytest.raises(Unavailable, match="no database connection"):
             await database.fast(lambda c: c.fetchval("SELECT 1"))
-        release.set()
+        hold.release.set()
         await task
-    finally:
-        await database.dispose()
 
 
 async def test_fast_waits_in_the_pool_when_orm_units_hold_its_connections(
@@ -290,11 +305,7 @@ async def test_fast_waits_in_the_pool_when_orm_units_hold_its_connections(
 ) -> None:
     """A free slot is not a free connection when an ORM unit of work holds one: the call then
     waits in the pool, under the same timeout, and gets the connection once it comes back."""
-    database = Database.from_url(
-        database_url,
-        settings.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.3}),
-    )
-    try:
+    async with _small_database(database_url, settings, pool_timeout=0.3) as database:
         async with database.session() as session:
             await session.execute(text("SELECT 1"))
             with pytest.raises(Unavailable, match="no database connection"):
@@ -309,40 +320,26 @@ async def test_fast_waits_in_the_pool_when_orm_units_hold_its_connections(
         assert await database.fast(lambda c: c.fetchval("SELECT 2")) == 2
         await holder
         assert _checked_out(database) == 0
-    finally:
-        await database.dispose()
 
 
 async def test_fast_cancelled_while_queued_gives_its_turn_back(
     database_url: URL, settings: Settings
 ) -> None:
-    database = Database.from_url(
-        database_url,
-        settings.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}),
-    )
-    holding = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(_connection: asyncpg.Connection) -> None:
-        holding.set()
-        await release.wait()
-
-    try:
+    async with _small_database(database_url, settings, pool_timeout=5) as database:
+        hold = _Hold()
         holder = asyncio.create_task(database.fast(hold))
-        await holding.wait()
+        await hold.holding.wait()
         queued = asyncio.create_task(database.fast(lambda c: c.fetchval("SELECT 1")))
         await asyncio.sleep(0.05)
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
             await queued
-        release.set()
+        hold.release.set()
         await holder
         # Had the cancelled caller kept its place or a slot, this would wait out the 5 s.
         async with asyncio.timeout(2):
             assert await database.fast(lambda c: c.fetchval("SELECT 3")) == 3
         assert _checked_out(database) == 0
-    finally:
-        await database.dispose()
 
 
 async def test_fast_unreachable_database_is_unavailable(settings: Settings) -> None:
@@ -373,32 +370,27 @@ async def test_fast_hands_connections_to_waiters_in_turn(
     """A task that asks again as soon as it is done does not keep the connection from one
     that was already waiting (the queue alone would let it take the connection straight back,
     and the waiter would starve into the pool timeout under load)."""
-    database = Database.from_url(
-        database_url, settings.model_copy(update={"pool_size": 1, "max_overflow": 0})
-    )
     order: list[str] = []
     holding = asyncio.Event()
+    async with _small_database(database_url, settings) as database:
 
-    async def hold_then_loop() -> None:
-        async def first(connection: asyncpg.Connection) -> None:
-            holding.set()
-            await connection.execute("SELECT pg_sleep(0.05)")
+        async def hold_then_loop() -> None:
+            async def first(connection: asyncpg.Connection) -> None:
+                holding.set()
+                await connection.execute("SELECT pg_sleep(0.05)")
 
-        await database.fast(first)
-        order.append("loop")
-        for _ in range(20):
-            await database.fast(lambda c: c.fetchval("SELECT 1"))
+            await database.fast(first)
             order.append("loop")
+            for _ in range(20):
+                await database.fast(lambda c: c.fetchval("SELECT 1"))
+                order.append("loop")
 
-    async def wait_once() -> None:
-        await holding.wait()
-        await database.fast(lambda c: c.fetchval("SELECT 1"))
-        order.append("waiter")
+        async def wait_once() -> None:
+            await holding.wait()
+            await database.fast(lambda c: c.fetchval("SELECT 1"))
+            order.append("waiter")
 
-    try:
         await asyncio.gather(hold_then_loop(), wait_once())
-    finally:
-        await database.dispose()
     assert order.index("waiter") <= 1, order
 
 
@@ -407,9 +399,6 @@ async def test_fast_calls_running_through_dispose_close_their_connections_cleanl
 ) -> None:
     """Disposing replaces the pool; connections still out come back to the old one, which has
     room for `pool_size` of them and must close the rest, awaiting the driver to do it."""
-    database = Database.from_url(
-        database_url, settings.model_copy(update={"pool_size": 1, "max_overflow": 2})
-    )
     started = asyncio.Event()
     release = asyncio.Event()
     running = 0
@@ -422,10 +411,10 @@ async def test_fast_calls_running_through_dispose_close_their_connections_cleanl
         await release.wait()
         return int(await connection.fetchval("SELECT 1"))
 
-    tasks = [asyncio.create_task(database.fast(hold)) for _ in range(3)]
-    await started.wait()
-    await database.dispose()
-    release.set()
-    assert await asyncio.gather(*tasks) == [1, 1, 1]
+    async with _small_database(database_url, settings, max_overflow=2) as database:
+        tasks = [asyncio.create_task(database.fast(hold)) for _ in range(3)]
+        await started.wait()
+        await database.dispose()
+        release.set()
+        assert await asyncio.gather(*tasks) == [1, 1, 1]
     assert "Exception closing connection" not in caplog.text
-    await database.dispose()

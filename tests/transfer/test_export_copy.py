@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL
+from tests.support import admin_execute
 
 from tutorials.db.session import Database
 from tutorials.errors import InvalidInput
@@ -79,15 +80,6 @@ async def store(dsn: str, rows: list[tuple[str, str | None, str | None, list[str
         await connection.executemany(
             "INSERT INTO tutorials (name, url, description, tags) VALUES ($1, $2, $3, $4)", rows
         )
-    finally:
-        await connection.close()
-
-
-async def execute(dsn: str, *statements: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
     finally:
         await connection.close()
 
@@ -183,12 +175,18 @@ async def test_filters_pick_the_same_rows_as_before(
 @pytest.mark.parametrize("format", ["csv", "ndjson", "json"])
 @pytest.mark.parametrize("jobs", [2, 3])
 async def test_parallel_export_is_byte_for_byte_one_stream(
-    database: Database, dsn: str, tmp_path: Path, parallel: None, format: str, jobs: int
+    database: Database,
+    database_url: URL,
+    dsn: str,
+    tmp_path: Path,
+    parallel: None,
+    format: str,
+    jobs: int,
 ) -> None:
     await store(dsn, STORED + bulk(500) + [(n, None, d, t) for n, _, d, t in STORED])
     # gaps in the ids, and a row whose id moved past the others
-    await execute(
-        dsn,
+    await admin_execute(
+        database_url,
         "DELETE FROM tutorials WHERE tutorial_id % 7 = 3 OR tutorial_id BETWEEN 100 AND 180",
         "UPDATE tutorials SET tutorial_id = 100000 WHERE tutorial_id = 2",
     )
@@ -215,7 +213,12 @@ async def test_parallel_export_into_a_file_with_content_before_it(
 
 
 async def test_parallel_streams_share_one_snapshot(
-    database: Database, dsn: str, tmp_path: Path, parallel: None, monkeypatch: pytest.MonkeyPatch
+    database: Database,
+    database_url: URL,
+    dsn: str,
+    tmp_path: Path,
+    parallel: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Rows changed (and committed) after the snapshot is taken, before the other streams
     start, appear in none of them."""
@@ -225,8 +228,8 @@ async def test_parallel_streams_share_one_snapshot(
 
     async def then_change_everything(connection: asyncpg.Connection) -> str:
         snapshot = await exported(connection)
-        await execute(
-            dsn,
+        await admin_execute(
+            database_url,
             "DELETE FROM tutorials WHERE tutorial_id > 300",
             "UPDATE tutorials SET name = 'changed' WHERE tutorial_id % 2 = 0",
             "INSERT INTO tutorials (name) SELECT 'new ' || i FROM generate_series(1, 50) AS i",
