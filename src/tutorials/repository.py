@@ -224,7 +224,7 @@ async def search(
     found = _filtered(select(Tutorial), tags).where(Tutorial.search.bool_op("@@")(tsquery))
     ranked = aliased(Tutorial, found.limit(candidates).subquery()) if candidates else Tutorial
     if candidates:
-        await session.execute(text(_CUSTOM_PLAN.partition("; ")[2]))  # in its transaction
+        await session.execute(text(_CUSTOM_PLAN_SETTING))  # in the session's transaction
     rank = func.ts_rank(ranked.search, tsquery).label("rank")
     statement = select(ranked, rank).order_by(rank.desc(), ranked.tutorial_id).limit(limit + 1)
     if not candidates:
@@ -336,7 +336,8 @@ _SEARCH_TAGS = " AND tags @> ${t}::text[]"
 #: generic plan cannot know how common the words are: it builds the index bitmap of every
 #: match (100 ms for a word in 277,000 of 1,000,000 rows) where a plan for that word scans
 #: until the bound is reached (7 ms), and the reverse for a rare word.
-_CUSTOM_PLAN = "BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan"
+_CUSTOM_PLAN_SETTING = "SET LOCAL plan_cache_mode = force_custom_plan"
+_CUSTOM_PLAN = "BEGIN READ ONLY; " + _CUSTOM_PLAN_SETTING  # the fast path opens its transaction
 _SEARCH_AFTER = (
     " AND (ts_rank(search, query) < ${r}::real"
     " OR (ts_rank(search, query) = ${r}::real AND tutorial_id > ${i}))"

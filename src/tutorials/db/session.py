@@ -192,14 +192,14 @@ class Database:
         (which waits for one, connects, or replaces a stale one)."""
         proxied = take_idle_connection(self.engine) if self._take_idle else None
         if proxied is not None:
+            healthy = False
             try:
                 healthy = await ping_if_due(proxied)
-            except BaseException:  # cancelled mid-ping: the connection's state is unknown
-                await _shielded(greenlet_spawn(_check_in, proxied, True))
-                raise
+            finally:
+                if not healthy:  # failed its ping, or cancelled mid-ping (state unknown)
+                    await _shielded(greenlet_spawn(_check_in, proxied, True))
             if healthy:
                 return proxied
-            await _shielded(greenlet_spawn(_check_in, proxied, True))
         self._acquiring += 1
         try:
             return await self.engine.raw_connection()
