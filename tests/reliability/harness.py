@@ -260,12 +260,13 @@ class PrivateCluster:
     # Faults ----------------------------------------------------------------------------------
 
     async def client_backends(self, database: str) -> list[int]:
-        """Pids of the client backends connected to `database` (ours excluded)."""
+        """Pids of the client backends connected to `database` (ours excluded), those running
+        a statement first: an idle one may be on its way out (its pool closing it)."""
         connection = await asyncpg.connect(self.dsn(database), timeout=5)
         try:
             rows = await connection.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                "AND datname = $1 AND pid <> pg_backend_pid()",
+                "AND datname = $1 AND pid <> pg_backend_pid() ORDER BY state = 'active' DESC",
                 database,
             )
         finally:
@@ -275,12 +276,23 @@ class PrivateCluster:
     async def kill_a_backend(self, database: str) -> int | None:
         """SIGKILL one client backend: the postmaster then restarts the whole cluster."""
         for pid in await self.client_backends(database):
+            if _exited(pid):
+                continue  # ended meanwhile, not yet reaped: killing it would crash nothing
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue  # that backend ended meanwhile (a pool closing a connection)
             return pid
         return None
+
+
+def _exited(pid: int) -> bool:
+    """Whether the process has exited (a zombie awaiting its parent, or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 @dataclass(frozen=True)
