@@ -1,29 +1,26 @@
-"""Building the async engine: the pool and connection defaults, and where the URL comes from.
+"""Connections: asyncpg's pool for the service, SQLAlchemy's engine for ORM sessions, one set
+of connection defaults for both, and where the URL comes from.
 
-Engines are created at start-up (the API's lifespan, a CLI command, the library's first call),
-never at import, and disposed at shutdown.
+Both are made at start-up (the API's lifespan, a CLI command, the library's first call), never
+at import, and closed at shutdown. The connection budget is the settings' sum:
+`pool_size` connections for the service (every face's reads and writes, bulk transfer) plus
+`session_pool_size` for `get_session()` units of work, opened only when one is used.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, exc
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
-from sqlalchemy.util.concurrency import in_greenlet
+import asyncpg
 
+from tutorials.db.url import DatabaseUrl, parse_database_url
 from tutorials.errors import InvalidInput
-from tutorials.settings import Settings, normalize_database_url
 
-#: A connection that sat in the pool at least this long is pinged (one round trip) before use;
-#: one used more recently is only checked for a closed socket, which costs nothing.
-PING_AFTER_IDLE_SECONDS = 10.0
-_IDLE_SINCE = "tutorials_idle_since"
-_PING_DUE = "tutorials_ping_due"
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from tutorials.settings import Settings
 
 
 def server_settings(settings: Settings) -> dict[str, str]:
@@ -41,162 +38,139 @@ def server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
-def create_engine(url: URL, settings: Settings) -> AsyncEngine:
-    """An `AsyncEngine` over asyncpg with the service's pool and connection defaults.
+#: The timeouts each connection gets as startup parameters, and behind PgBouncer as `SET LOCAL`.
+TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
 
-    - stale-connection detection (`settings.pool_pre_ping`, on by default): a server restart
-      costs zero failed requests when the pool is idle. SQLAlchemy's own pre-ping costs three
-      round trips per checkout on asyncpg (BEGIN; SELECT; ROLLBACK) — more than the statement
-      the fast path came for — so it is replaced by `detect_stale_connections`: a free check
-      for a socket the server has closed (a restart, `pg_terminate_backend`, a proxy timeout),
-      plus a real ping only for a connection that sat idle long enough to have been dropped
-      silently. `tests/db/test_engine.py` restarts a real server under an idle pool to prove it.
-    - a short `pool_timeout`: exhaustion fails fast (503) instead of hanging a request.
-    - `pool_use_lifo`: idle connections beyond the hot few age out via `pool_recycle`.
-    - behind PgBouncer (transaction mode) startup parameters and named prepared statements are
-      refused, so both are turned off there.
+
+def timeout_values(settings: Settings) -> dict[str, int]:
+    """The server-side timeouts the settings ask for, in milliseconds (0: none)."""
+    return {
+        "statement_timeout": settings.statement_timeout_ms,
+        "lock_timeout": settings.lock_timeout_ms,
+        "idle_in_transaction_session_timeout": settings.idle_in_transaction_timeout_ms,
+    }
+
+
+def begin_statement(isolation: str, readonly: bool, local: str = "") -> str:
+    """`BEGIN` for a transaction, with `SET LOCAL`s (`local`, each `; SET LOCAL ...`) in the same
+    simple-protocol message: they cost no round trip more than `BEGIN` alone.
+
+    Used where settings must hold for one transaction only: behind PgBouncer, the timeouts
+    (refused there as startup parameters, and in transaction mode a session `SET` would leak to
+    whoever gets the server connection next; see `local_timeouts`); and a bounded search's plan
+    setting (`repository.CUSTOM_PLAN`). asyncpg's own `Connection.transaction()` cannot send
+    them with its BEGIN.
     """
-    connect_args: dict[str, Any] = {}
-    if "timeout" not in url.query:
-        connect_args["timeout"] = settings.connect_timeout
-    if settings.statement_timeout_ms > 0 and "command_timeout" not in url.query:
-        # A client-side deadline just past the server's: when the network dies under an open
-        # connection, the server cannot cancel anything and only this stops the wait (else the
-        # OS's TCP timeout, ~15 min). It also holds behind PgBouncer, where startup parameters
-        # such as statement_timeout are refused.
-        connect_args["command_timeout"] = settings.statement_timeout_ms / 1000 + 1
+    mode = " READ ONLY" if readonly else ""
+    return f"BEGIN ISOLATION LEVEL {_LEVELS[isolation]}{mode}{local}"
+
+
+def local_timeouts(settings: Settings) -> str:
+    """The timeouts as `SET LOCAL`s for `begin_statement`, behind PgBouncer ("" otherwise).
+
+    Single-statement units of work (autocommit) cannot carry them without two more round
+    trips: they get the role's or database's defaults (`ALTER ROLE ... SET`), which start-up
+    compares with the settings (`tutorials.db.budget.check_timeouts`), and asyncpg's client-side
+    `command_timeout`.
+    """
+    if not settings.pgbouncer:
+        return ""
+    return "".join(
+        f"; SET LOCAL {name} = {value}" for name, value in timeout_values(settings).items()
+    )
+
+
+_LEVELS = {
+    "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+
+
+def connect_options(url: DatabaseUrl, settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `asyncpg.connect`, the same for every connection we open.
+
+    - `timeout`: a connect that does not complete in time fails (503), never hangs.
+    - `command_timeout`: a client-side deadline just past the server's `statement_timeout`.
+      When the network dies under an open connection the server cannot cancel anything, and
+      only this stops the wait (else the OS's TCP timeout, about 15 minutes). It also holds
+      behind PgBouncer, where startup parameters such as `statement_timeout` are refused.
+    - behind PgBouncer (transaction mode), no named prepared statements
+      (`statement_cache_size=0` makes asyncpg use unnamed ones) and of the startup parameters
+      only `application_name`, the one PgBouncer passes on (it refuses the others): see
+      `begin_statement` and `tutorials.db.budget.check_timeouts` for what replaces them.
+    """
+    options: dict[str, Any] = {"timeout": settings.connect_timeout}
+    if settings.statement_timeout_ms > 0:
+        options["command_timeout"] = settings.statement_timeout_ms / 1000 + 1
     if settings.pgbouncer:
-        connect_args["statement_cache_size"] = 0
-        connect_args["prepared_statement_cache_size"] = 0
+        options["statement_cache_size"] = 0
+        options["server_settings"] = {"application_name": settings.application_name}
     else:
-        connect_args["server_settings"] = server_settings(settings)
-    engine = create_async_engine(
-        url,
-        pool_size=settings.pool_size,
-        max_overflow=settings.max_overflow,
+        options["server_settings"] = server_settings(settings)
+    options.update(url.asyncpg_options())  # what the URL says wins
+    return options
+
+
+async def _keep_session(connection: asyncpg.Connection[Any]) -> None:
+    """The pool's `reset`: nothing to undo. asyncpg's default runs `SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` (one more round trip) on every
+    release; our statements never change session state (settings are `SET LOCAL`, locks are
+    transaction-level, temporary tables `ON COMMIT DROP`). A transaction left open, which
+    asyncpg rolls back itself before calling this, is rolled back here too if still open."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+async def create_pool(
+    url: DatabaseUrl, settings: Settings, *, max_size: int | None = None
+) -> asyncpg.Pool[Any]:
+    """asyncpg's pool for the service: `pool_size` connections at most (opened on demand),
+    idle ones closed after `pool_recycle` seconds, no reset round trip on release."""
+    pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+        url.dsn,
+        min_size=0,
+        max_size=max_size or settings.pool_size,
+        max_inactive_connection_lifetime=settings.pool_recycle,
+        reset=_keep_session,
+        **connect_options(url, settings),
+    )
+    return pool
+
+
+def create_engine(url: DatabaseUrl, settings: Settings) -> AsyncEngine:
+    """SQLAlchemy's `AsyncEngine` over asyncpg for ORM units of work (`get_session()`) and
+    migrations: `session_pool_size` connections, with SQLAlchemy's own pre-ping and the same
+    connection defaults as the service's pool."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    options = connect_options(url, settings)
+    if "statement_cache_size" in options:
+        options["prepared_statement_cache_size"] = options["statement_cache_size"]
+    return create_async_engine(
+        url.sqlalchemy_url(),
+        pool_size=settings.session_pool_size,
+        max_overflow=0,
         pool_timeout=settings.pool_timeout,
         pool_recycle=settings.pool_recycle,
-        pool_pre_ping=False,  # replaced by detect_stale_connections, below
+        pool_pre_ping=settings.pool_pre_ping,
         pool_use_lifo=True,
-        connect_args=connect_args,
+        connect_args=options,  # typed values; they win over the URL's strings
     )
-    if settings.pool_pre_ping:
-        detect_stale_connections(engine, PING_AFTER_IDLE_SECONDS)
-    event.listen(engine.sync_engine, "do_connect", _connect_in_a_greenlet_only)
-    return engine
 
 
-class _NeedsGreenlet(exc.MissingGreenlet):
-    """A connect attempted outside SQLAlchemy's greenlet: `take_idle_connection` expects it;
-    anyone else gets SQLAlchemy's own error type for that mistake."""
+def resolve_url(settings: Settings, *, provision: bool = False) -> DatabaseUrl:
+    """`DATABASE_URL` when set; otherwise the embedded server's URL.
 
-
-def _connect_in_a_greenlet_only(
-    dialect: Any, record: ConnectionPoolEntry, cargs: Any, cparams: Any
-) -> None:
-    """Refuse to connect outside SQLAlchemy's greenlet (`take_idle_connection`), before the
-    driver's `connect()` coroutine is even made: one made and never awaited would be closed
-    with a "never awaited" RuntimeWarning. Inside the greenlet, the usual connect proceeds."""
-    if not in_greenlet():
-        raise _NeedsGreenlet("connecting needs SQLAlchemy's greenlet (greenlet_spawn)")
-
-
-def detect_stale_connections(
-    engine: AsyncEngine, ping_after_idle: float = PING_AFTER_IDLE_SECONDS
-) -> None:
-    """Make the pool replace dead connections at checkout, paying a round trip only when needed.
-
-    At checkout (inside SQLAlchemy's greenlet, so awaiting is allowed) a connection is refused
-    — `DisconnectionError`, which makes the pool discard it and hand out a fresh one (up to
-    three times) — when its asyncpg socket is already closed, which is what a server restart
-    or a terminated backend leaves behind: the server sends FATAL and closes, and the event
-    loop marks the connection closed while it sits idle. A connection idle for at least
-    `ping_after_idle` seconds is also pinged, for the cases no FIN ever arrives (a silently
-    dropped network path) or the event loop was blocked when it did.
-    """
-    pool = engine.sync_engine.pool
-
-    @event.listens_for(pool, "checkin")
-    def _remember_idle_start(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        record.info[_IDLE_SINCE] = time.monotonic()
-
-    @event.listens_for(pool, "checkout")
-    def _refuse_stale(
-        dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
-    ) -> None:
-        if dbapi_connection.driver_connection.is_closed():
-            raise exc.DisconnectionError("connection closed by the server while idle")
-        idle_since = record.info.get(_IDLE_SINCE)
-        if idle_since is not None and time.monotonic() - idle_since >= ping_after_idle:
-            if not in_greenlet():
-                # A checkout outside SQLAlchemy's greenlet (`take_idle_connection`) cannot
-                # await a ping here; it leaves the ping to its caller (`ping_if_due`).
-                record.info[_PING_DUE] = True
-                return
-            try:
-                dbapi_connection.ping()
-            except Exception as error:
-                raise exc.DisconnectionError("connection failed its ping") from error
-
-
-def take_idle_connection(engine: AsyncEngine) -> PoolProxiedConnection | None:
-    """An idle connection from the engine's pool, taken without SQLAlchemy's greenlet.
-
-    `AsyncEngine.raw_connection()` runs the pool's checkout in a new greenlet, in case it has to
-    await (connect, reconnect, ping); starting one costs ≈ 8 µs of CPU on Python 3.11, more
-    than a tenth of a whole `Database.fast` call. An idle connection needs no awaiting in the
-    common case, so the checkout runs right here. When it turns out to need some, nothing is
-    awaited:
-
-    - a connection to replace (recycled, invalidated, closed by the server) is closed without
-      waiting, as SQLAlchemy does outside a greenlet, and its reconnect is refused before it
-      starts (`_connect_in_a_greenlet_only`): the pool takes the entry back, as after any
-      failed reconnect, and None sends the caller to `raw_connection()`, which reconnects;
-    - a ping due after a long idle: the checkout listener leaves it to `ping_if_due`.
-
-    None as well when no connection is idle (waiting or connecting needs the greenlet). Only
-    for engines made by `create_engine` (see `takes_idle_connections`): on another engine a
-    checkout could await (SQLAlchemy's pre-ping, a reconnect without our guard) and fail.
-    """
-    pool = engine.pool
-    if not isinstance(pool, QueuePool) or pool.checkedin() == 0:
-        return None
-    try:
-        return pool.connect()
-    except _NeedsGreenlet:
-        return None
-
-
-def takes_idle_connections(engine: AsyncEngine) -> bool:
-    """Whether `take_idle_connection` is safe on this engine: made by `create_engine` (no
-    SQLAlchemy pre-ping, reconnects refused outside the greenlet), not a caller's own."""
-    return event.contains(engine.sync_engine, "do_connect", _connect_in_a_greenlet_only)
-
-
-async def ping_if_due(connection: PoolProxiedConnection) -> bool:
-    """Ping a connection `take_idle_connection` handed out, if it idled long enough to need it.
-
-    False: it failed the ping (the caller discards it). The ping is one round trip in
-    autocommit, since such a connection is never in a transaction.
-    """
-    if not connection.info.pop(_PING_DUE, False):
-        return True
-    driver = connection.driver_connection
-    assert driver is not None
-    try:
-        await driver.fetchrow(";")
-    except Exception:
-        return False
-    return True
-
-
-def resolve_url(settings: Settings) -> URL:
-    """`DATABASE_URL` when set; otherwise start (or adopt) the embedded server and use it.
+    The embedded server is started or adopted; only with `provision` (the commands that set it
+    up: `tutorials db start`, `tutorials serve`) may that create its system account or copy its
+    binaries. Without it (the library, every other command), as root a server that is not
+    running raises `EmbeddedPostgresError` saying to run `tutorials db start`.
 
     Blocking: starting the embedded server runs subprocesses. Async callers use `aresolve_url`.
     """
     try:
-        url = settings.sqlalchemy_url()
+        url = settings.database()
     except ValueError as exc:  # the message never contains the password
         raise InvalidInput(f"DATABASE_URL: {exc}") from None
     if url is not None:
@@ -204,9 +178,37 @@ def resolve_url(settings: Settings) -> URL:
     from tutorials.db.embedded import EmbeddedPostgres, default_root
 
     server = EmbeddedPostgres(settings.home or default_root())
-    return normalize_database_url(server.start())
+    return parse_database_url(server.start() if provision else server.attach())
 
 
-async def aresolve_url(settings: Settings) -> URL:
-    """`resolve_url` without blocking the event loop."""
-    return await asyncio.to_thread(resolve_url, settings)
+async def aresolve_url(settings: Settings, *, provision: bool = False) -> DatabaseUrl:
+    """`resolve_url` without blocking the event loop: in a thread when the embedded server is
+    asked (subprocesses, locks), right here for DATABASE_URL (nothing to wait for)."""
+    if settings.database_url is not None:
+        return resolve_url(settings, provision=provision)
+    return await asyncio.to_thread(resolve_url, settings, provision=provision)
+
+
+def resolve_replicas(settings: Settings) -> list[DatabaseUrl]:
+    """`TUTORIALS_REPLICA_URLS` when set; else, with no DATABASE_URL, the embedded server's
+    running replicas (`tutorials db start --replicas N`); else none.
+
+    Blocking (the embedded server's files are read): async callers use `aresolve_replicas`.
+    """
+    try:
+        configured = settings.replicas()
+    except ValueError as exc:  # the message never contains a password
+        raise InvalidInput(f"TUTORIALS_REPLICA_URLS: {exc}") from None
+    if configured or settings.database_url is not None:
+        return configured
+    from tutorials.db.embedded import EmbeddedPostgres, default_root
+
+    server = EmbeddedPostgres(settings.home or default_root())
+    return [parse_database_url(url) for url in server.replica_urls()]
+
+
+async def aresolve_replicas(settings: Settings) -> list[DatabaseUrl]:
+    """`resolve_replicas` without blocking the event loop."""
+    if settings.replica_urls or settings.database_url is not None:
+        return resolve_replicas(settings)  # no files to read
+    return await asyncio.to_thread(resolve_replicas, settings)

@@ -4,10 +4,13 @@ Three ways in:
 - `alembic ...` at the repository root: the URL comes from the app's settings (DATABASE_URL,
   or the embedded server), and the async engine runs the migrations;
 - `tutorials db ...` and the library: a URL in `config.attributes["url"]`;
-- `tutorials.db.migrate.upgrade()`: an open connection in `config.attributes["connection"]`,
-  whose owner commits; pytest-alembic puts an `AsyncEngine` there instead.
-Whatever the way, the migration transaction first takes a PostgreSQL advisory lock, so two
-processes upgrading at once run one after the other.
+- `tutorials.db.migrate.upgrade()`: an open connection (not in a transaction) in
+  `config.attributes["connection"]`; pytest-alembic puts an `AsyncEngine` there instead.
+Whatever the way, the run first takes a PostgreSQL advisory lock on its session and holds it
+to the end, so two processes upgrading at once run one after the other. Each revision runs in
+a transaction of its own (`transaction_per_migration`) and is stamped when it ends; a revision
+written with `tutorials.db.online` leaves that transaction to commit its steps one by one,
+which is why the lock belongs to the session and not to a transaction.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import Connection, pool, text
+from sqlalchemy import Connection, pool
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tutorials.db.engine import resolve_url
-from tutorials.db.migrate import MIGRATION_LOCK_KEY
+from tutorials.db.migrate import acquire_migration_lock, release_migration_lock
 from tutorials.models import Base
 from tutorials.settings import get_settings
 
@@ -37,7 +40,7 @@ def _url() -> URL:
     url = config.attributes.get("url")
     if isinstance(url, URL):
         return url
-    return resolve_url(get_settings())
+    return resolve_url(get_settings()).sqlalchemy_url()
 
 
 def run_migrations_offline() -> None:
@@ -47,16 +50,27 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def do_run_migrations(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
-    with context.begin_transaction():
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        context.run_migrations()
+    # Taken (and its transactions ended) before Alembic looks at the connection: Alembic then
+    # owns every transaction of the run (autocommit blocks need that); the lock outlives them.
+    acquire_migration_lock(connection)
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            compare_type=True,
+            transaction_per_migration=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        release_migration_lock(connection)
 
 
 async def run_async_migrations(connectable: AsyncEngine | None) -> None:
