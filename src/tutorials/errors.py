@@ -7,11 +7,10 @@ text: messages change between PostgreSQL versions and locales, SQLSTATEs do not.
 
 from __future__ import annotations
 
-import asyncio
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-from sqlalchemy import exc as sa_exc
+from types import ModuleType
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,11 @@ for _rule in (
     _Rule(
         InvalidInput,
         "the database refused the value",
-        frozenset({"23502", "23514", "22001", "22003", "22021", "22P02", "22007", "22008"}),
+        # 22000 also comes from asyncpg itself, refusing to encode a value (an int beyond
+        # bigint) before anything is sent.
+        frozenset(
+            {"23502", "23514", "22000", "22001", "22003", "22021", "22P02", "22007", "22008"}
+        ),
     ),
     _Rule(RetryableConflict, "concurrent update conflict", frozenset({"40001", "40P01"})),
     _Rule(Timeout, "the database took too long to answer", frozenset({"57014", "55P03"})),
@@ -135,17 +138,27 @@ def _server_message(error: BaseException) -> str | None:
     return message.splitlines()[0] if message else None
 
 
+def _sqlalchemy_exc() -> ModuleType | None:
+    """SQLAlchemy's `exc` module if this process imported it, else None.
+
+    Looked up, not imported: SQLAlchemy costs a command line start a tenth of a second, and a
+    process that never imported it (the service's asyncpg path) cannot hold one of its errors.
+    """
+    return sys.modules.get("sqlalchemy.exc")
+
+
 def classify(error: BaseException) -> TutorialsError | None:
     """Map a database or connection failure to a domain error; None means "a bug: let it rise".
 
     Connection failures reach us in several costumes: SQLAlchemy's wrapped `DBAPIError` with a
     `08xxx` SQLSTATE or `connection_invalidated`, the pool's own `TimeoutError`, and bare
-    `OSError` (connection refused) or `asyncio.TimeoutError` on connect, which SQLAlchemy does not
-    wrap at all.
+    `OSError` (connection refused) or `TimeoutError` on connect (an `OSError` too, and
+    `asyncio.TimeoutError` is the same class), which SQLAlchemy does not wrap at all.
     """
     if isinstance(error, TutorialsError):
         return error
-    if isinstance(error, sa_exc.TimeoutError):
+    sa_exc = _sqlalchemy_exc()
+    if sa_exc is not None and isinstance(error, sa_exc.TimeoutError):
         return Unavailable("no database connection became free in time")
     code = sqlstate_of(error)
     if code is not None:
@@ -160,14 +173,16 @@ def classify(error: BaseException) -> TutorialsError | None:
             # its password): the one thing an operator needs to fix it.
             detail = f"cannot open the database: {_server_message(error) or rule.detail}"
         return rule.kind(detail)
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return Unavailable("lost the connection to the database")
-    if isinstance(error, sa_exc.InterfaceError | sa_exc.DisconnectionError):
-        return Unavailable("lost the connection to the database")
-    if isinstance(error, OSError | asyncio.TimeoutError | ConnectionError):
+    if sa_exc is not None:
+        if isinstance(error, sa_exc.DBAPIError) and getattr(error, "connection_invalidated", False):
+            return Unavailable("lost the connection to the database")
+        if isinstance(error, sa_exc.InterfaceError | sa_exc.DisconnectionError):
+            return Unavailable("lost the connection to the database")
+    if isinstance(error, OSError):
         return Unavailable("cannot reach the database")
-    if isinstance(error, sa_exc.DBAPIError):
-        cause = error.orig.__cause__ if error.orig is not None else None
-        if isinstance(cause, OSError | asyncio.TimeoutError):
+    if sa_exc is not None and isinstance(error, sa_exc.DBAPIError):
+        orig = getattr(error, "orig", None)
+        cause = orig.__cause__ if orig is not None else None
+        if isinstance(cause, OSError):
             return Unavailable("cannot reach the database")
     return None

@@ -1,149 +1,141 @@
 """The library face: the tutorial's `save_tutorial` and friends, on the default database.
 
-Each call is one unit of work on the process's default database (built lazily from settings on
-first use), validated first, then run on the fast path (`Database.fast`): every call here is
-one statement in autocommit — one round trip, committed before the call returns — plus, for an
-update or a versioned delete that matched nothing, one read to say whether the row is missing
-or stale. To work inside a transaction of your own, open `get_session()` and call the
-`tutorials.repository` functions with that session instead.
+Each function is one call of the service (`tutorials.service`) on the process's default
+database, built lazily from settings on first use: validated like every other face, run as
+one unit of work, committed before it returns. They return `TutorialRecord`s: plain snapshots
+of the stored rows, attached to no session. For a transaction of your own, open
+`get_session()` and call the `tutorials.repository` functions with that session.
+
+Call `await close_default_database()` before your program's event loop ends.
+
+With read replicas (`TUTORIALS_REPLICA_URLS`), reads go to a replica that has replayed what
+they must see: everything this task wrote before (read-your-writes within a task, by itself),
+and the `after_lsn` a read is given: a record's `commit_lsn`, or `last_commit_lsn()`, carried
+over from another task or process. Without replicas both are None and change nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from tutorials import repository
+from tutorials import service
+from tutorials.db import consistency
+from tutorials.db.consistency import reading_after
 from tutorials.db.session import default_database
 from tutorials.errors import NotFound
-from tutorials.models import Tutorial
-from tutorials.repository import Page
-from tutorials.schemas import (
-    TutorialCreate,
-    TutorialPatch,
-    check_id,
-    check_query,
-    check_tags,
-    check_version,
-    invalid_input,
-)
-from tutorials.settings import get_settings
+from tutorials.schemas import DEFAULT_PAGE, Page, TutorialCreate, TutorialPatch, TutorialRecord
 
 if TYPE_CHECKING:
-    from tutorials.db.session import Connection
+    from tutorials.models import Tutorial
 
 
-def creation_values(tutorial: Tutorial | TutorialCreate) -> dict[str, Any]:
-    """Validate a new tutorial's fields the same way every face does; the values to insert."""
-    if isinstance(tutorial, Tutorial):
-        fields = {
-            "name": tutorial.name,
-            "url": tutorial.url,
-            "description": tutorial.description,
-            "tags": tutorial.tags if tutorial.tags is not None else [],
-        }
-        try:
-            tutorial = TutorialCreate.model_validate(fields)
-        except ValidationError as exc:
-            raise invalid_input(exc) from None
-    return tutorial.model_dump()
+async def save_tutorial(tutorial: Tutorial | TutorialCreate | TutorialRecord) -> TutorialRecord:
+    """Store a tutorial; it comes back as stored (with `tutorial_id`, timestamps, `version`).
 
-
-async def save_tutorial(tutorial: Tutorial | TutorialCreate) -> Tutorial:
-    """Store a tutorial and return it as stored (with `tutorial_id`, timestamps, `version`).
-
-    A `Tutorial` that already has a `tutorial_id` is an update of that row; if it also carries
-    a `version`, the update only happens if the row is still at that version (`StaleVersion`
-    otherwise), so read-modify-save cannot silently overwrite someone else's change.
+    A tutorial that already has a `tutorial_id` (a `TutorialRecord`, or a `Tutorial` with its
+    id set) overwrites that row's fields; if it also carries a `version`, only while the row is
+    still at that version (`StaleVersion` otherwise), so read-modify-save cannot silently
+    overwrite someone else's change. `InvalidInput` for values no face accepts, `Conflict` when
+    another tutorial has the url.
     """
-    values = creation_values(tutorial)
-    database = await default_database()
-    existing_id = tutorial.tutorial_id if isinstance(tutorial, Tutorial) else None
-    if existing_id is None:
-        return await database.fast(lambda connection: repository.add(connection, values))
-    tutorial_id = check_id(existing_id)
-    expected = check_version(tutorial.version if isinstance(tutorial, Tutorial) else None)
-    return await database.fast(
-        lambda connection: repository.update(
-            connection, tutorial_id, values, expected_version=expected
+    tutorial_id: int | None = None
+    version: int | None = None
+    if isinstance(tutorial, TutorialCreate):
+        data = tutorial
+    else:
+        data = service.new_tutorial(
+            {
+                "name": tutorial.name,
+                "url": tutorial.url,
+                "description": tutorial.description,
+                "tags": tutorial.tags if tutorial.tags is not None else [],
+            }
         )
-    )
+        tutorial_id, version = tutorial.tutorial_id, tutorial.version
+    return await service.save(await default_database(), data, tutorial_id, version)
 
 
-async def get_tutorial(tutorial_id: int) -> Tutorial | None:
-    """The tutorial with this id, or None."""
-    check_id(tutorial_id)
+async def get_tutorial(tutorial_id: int, *, after_lsn: str | None = None) -> TutorialRecord | None:
+    """The tutorial with this id, or None; with `after_lsn`, as of that commit or later."""
     database = await default_database()
-    return await database.fast(
-        lambda connection: repository.get(connection, tutorial_id), idempotent=True
-    )
+    with reading_after(after_lsn):
+        return await service.find(database, tutorial_id)
 
 
 async def update_tutorial(
     tutorial_id: int, patch: TutorialPatch, *, expected_version: int | None = None
-) -> Tutorial:
-    expected_version = check_version(expected_version)
-    """Apply a partial update; `NotFound` / `StaleVersion` as the repository says."""
-    check_id(tutorial_id)
-    changes = patch.changes()
-    database = await default_database()
+) -> TutorialRecord:
+    """Apply a partial update (fields left unset stay as they are; None clears) and bump the
+    version; with `expected_version`, only if the tutorial is still at it.
 
-    if not changes and expected_version is None:
-        found = await database.fast(
-            lambda connection: repository.get(connection, tutorial_id), idempotent=True
-        )
-        if found is None:
-            raise NotFound(f"tutorial {tutorial_id} not found")
-        return found
-
-    async def work(connection: Connection) -> Tutorial:
-        return await repository.update(
-            connection, tutorial_id, changes, expected_version=expected_version
-        )
-
-    return await database.fast(work)
+    `NotFound`, `StaleVersion`, `Conflict`. An empty patch changes nothing (not even the
+    version) and returns the tutorial as it is.
+    """
+    return await service.update(
+        await default_database(), tutorial_id, patch, expected=expected_version
+    )
 
 
 async def delete_tutorial(tutorial_id: int, *, expected_version: int | None = None) -> bool:
-    expected_version = check_version(expected_version)
-    """Delete a tutorial; True if it existed."""
-    check_id(tutorial_id)
-    database = await default_database()
-    return await database.fast(
-        lambda connection: repository.delete(
-            connection, tutorial_id, expected_version=expected_version
-        )
+    """Delete a tutorial; True if it existed, False if there was none.
+
+    With `expected_version`, only while the tutorial is still at it (`StaleVersion`).
+    """
+    try:
+        await service.delete(await default_database(), tutorial_id, expected=expected_version)
+    except NotFound:
+        return False
+    return True
+
+
+async def delete_tutorials(
+    *,
+    tags: Sequence[str] = (),
+    query: str | None = None,
+    everything: bool = False,
+    dry_run: bool = False,
+) -> int:
+    """Delete every tutorial carrying all `tags` and matching `query` (full-text search);
+    how many were deleted, or with `dry_run` how many would be (nothing is deleted).
+
+    With neither tags nor a query, pass `everything=True` to mean every tutorial.
+    """
+    return await service.delete_matching(
+        await default_database(), tags=tags, query=query, everything=everything, dry_run=dry_run
     )
 
 
 async def list_tutorials(
-    *, limit: int = repository.DEFAULT_PAGE, cursor: str | None = None, tags: Sequence[str] = ()
+    *,
+    limit: int = DEFAULT_PAGE,
+    cursor: str | None = None,
+    tags: Sequence[str] = (),
+    after_lsn: str | None = None,
 ) -> Page:
-    """One keyset page of tutorials, oldest first; pass `next_cursor` back for the next."""
-    tags = check_tags(tags)
+    """One keyset page of tutorials, oldest first; pass `next_cursor` back for the next.
+    With `after_lsn`, as of that commit or later."""
     database = await default_database()
-    return await database.fast(
-        lambda connection: repository.list_page(connection, limit=limit, cursor=cursor, tags=tags),
-        idempotent=True,
-    )
+    with reading_after(after_lsn):
+        return await service.list_page(database, limit=limit, cursor=cursor, tags=tags)
 
 
 async def search_tutorials(
     query: str,
     *,
-    limit: int = repository.DEFAULT_PAGE,
+    limit: int = DEFAULT_PAGE,
     cursor: str | None = None,
     tags: Sequence[str] = (),
+    after_lsn: str | None = None,
 ) -> Page:
-    """Ranked full-text search; pass `next_cursor` back for the next page."""
-    query, tags = check_query(query), check_tags(tags)
-    candidates = get_settings().search_candidates
+    """Ranked full-text search; pass `next_cursor` back for the next page. With `after_lsn`,
+    as of that commit or later."""
     database = await default_database()
-    return await database.fast(
-        lambda connection: repository.search(
-            connection, query, limit=limit, cursor=cursor, tags=tags, candidates=candidates
-        ),
-        idempotent=True,
-    )
+    with reading_after(after_lsn):
+        return await service.search(database, query, limit=limit, cursor=cursor, tags=tags)
+
+
+def last_commit_lsn() -> str | None:
+    """Where this task's latest write committed (with read replicas; else None): pass it as
+    `after_lsn` elsewhere to read at least that. Covers deletes and imports too."""
+    return consistency.last_commit_lsn()

@@ -1,292 +1,93 @@
-"""Every SQL statement about tutorials, and nothing else.
+"""Every SQL statement about tutorials, each written once, and nothing else.
 
-Functions take what the unit of work around them hands out, and never commit:
+The statements are plain SQL with asyncpg's `$n` parameters, run by an `Executor`:
 
-- an `AsyncSession` (`Database.session()` / `Database.run()` / `get_session()`): the ORM, one
-  transaction that the unit of work commits;
-- an asyncpg `Connection` (`Database.fast()`): the same statements sent by asyncpg directly, in
-  autocommit, each its own transaction. This is the hot path: one round trip, prepared
-  statements cached per connection, and rows mapped to `Tutorial` objects without the ORM's
-  unit of work (they come back detached, exactly like the ORM path's after its session closed).
+- an asyncpg connection (the service's path: `Database.read` / `write` / `transaction`), or
+- the tutorial's `AsyncSession` (`get_session()`): the same SQL goes through SQLAlchemy's
+  `exec_driver_sql` on the session's connection, inside the session's transaction.
 
-Both give the same results, errors and objects; tests/test_repository.py runs each case on
-both. Inputs arrive already validated by `tutorials.schemas`. Each write is a single statement
-with RETURNING, so it costs one round trip and hands back the row as the database stored it
-(ids, timestamps, version); the reads that tell "not found" from "stale" run only on failure.
+So one statement serves every path, and every path gets the same rows back as
+`TutorialRecord`s; every function takes either (`executor` tells them apart). Functions never
+commit (the caller's unit of work does) and make no domain decisions: a write that matched
+nothing returns None, and the service asks `version_of` why.
+Values arrive already validated and normalised by `tutorials.schemas`.
 
-Pagination is by keyset, never OFFSET: a page costs the same at row 10 and row 10 million, and
-rows inserted meanwhile cannot shift a page. Cursors are opaque to callers (base64 of a small
-JSON document) and strictly checked, so a forged one is a clear `InvalidInput`.
+Pagination is by keyset, never OFFSET: a page costs the same at row 10 and row 10 million,
+and rows inserted meanwhile cannot shift a page. Each query fetches one row more than asked
+for, so the caller knows whether another page follows.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+import functools
+import sys
+from collections.abc import Mapping, Sequence
+from itertools import starmap
+from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
-from sqlalchemy import Select, and_, func, inspect, or_, select, text
-from sqlalchemy import delete as delete_statement
-from sqlalchemy import insert as insert_statement
-from sqlalchemy import update as update_statement
-from sqlalchemy.dialects.postgresql import REAL
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased, configure_mappers
-from sqlalchemy.orm.base import instance_state
+from tutorials.fulltext import SEARCH_CONFIG
+from tutorials.schemas import TutorialRecord
 
-from tutorials.errors import InvalidInput, NotFound, StaleVersion
-from tutorials.models import SEARCH_CONFIG, Tutorial
-from tutorials.schemas import MAX_ID, PAGE_MAX
-
-#: The connection `Database.fast` hands to its work: asyncpg's, with plain `Record` rows.
 if TYPE_CHECKING:
-    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record]
-else:
-    Connection = asyncpg.Connection
-
-#: What the repository's functions accept: an ORM session or a `Database.fast` connection.
-Executor: TypeAlias = "AsyncSession | Connection"
-
-DEFAULT_PAGE = 20
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 
-@dataclass(frozen=True)
-class Page:
-    """One page of tutorials and the cursor of the next one (None on the last page)."""
+class Executor(Protocol):
+    """What runs a statement: asyncpg's `Connection` has exactly these methods."""
 
-    items: list[Tutorial]
-    next_cursor: str | None
+    async def fetch(self, query: str, *args: Any) -> Sequence[Any]: ...
 
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
 
-async def add(session: Executor, values: Mapping[str, Any]) -> Tutorial:
-    """Insert one tutorial; returns it as stored."""
-    if not isinstance(session, AsyncSession):
-        names = _columns(values)
-        row = await session.fetchrow(_insert_sql(names), *(values[name] for name in names))
-        assert row is not None
-        return _tutorial(row)
-    statement = insert_statement(Tutorial).values(dict(values)).returning(Tutorial)
-    return (await session.scalars(statement)).one()
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    async def execute(self, query: str, *args: Any) -> str: ...
 
 
-async def get(session: Executor, tutorial_id: int) -> Tutorial | None:
-    if not isinstance(session, AsyncSession):
-        row = await session.fetchrow(_GET_SQL, tutorial_id)
-        return None if row is None else _tutorial(row)
-    return await session.get(Tutorial, tutorial_id)
+class SessionExecutor:
+    """An `AsyncSession` as an `Executor`: the same SQL, run by SQLAlchemy's public
+    `AsyncConnection.exec_driver_sql` on the session's connection, so it joins the session's
+    transaction (SQLAlchemy's asyncpg dialect takes `$n` parameters as they are)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def _run(self, query: str, args: tuple[Any, ...]) -> Any:
+        connection = await self.session.connection()
+        return await connection.exec_driver_sql(query, args or None)
+
+    async def fetch(self, query: str, *args: Any) -> Sequence[Any]:
+        return list((await self._run(query, args)).all())
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return (await self._run(query, args)).first()
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        row = (await self._run(query, args)).first()
+        return None if row is None else row[0]
+
+    async def execute(self, query: str, *args: Any) -> str:
+        await self._run(query, args)
+        return ""
 
 
-async def get_by_url(session: Executor, url: str) -> Tutorial | None:
-    if not isinstance(session, AsyncSession):
-        row = await session.fetchrow(_GET_BY_URL_SQL, url)
-        return None if row is None else _tutorial(row)
-    return (await session.scalars(select(Tutorial).where(Tutorial.url == url))).one_or_none()
+def executor(target: Executor | AsyncSession) -> Executor:
+    """An `Executor` for an asyncpg connection or a SQLAlchemy `AsyncSession`.
 
-
-async def update(
-    session: Executor,
-    tutorial_id: int,
-    changes: Mapping[str, Any],
-    *,
-    expected_version: int | None = None,
-) -> Tutorial:
-    """Apply `changes` and bump `version`; with `expected_version`, only if it still matches.
-
-    Raises `NotFound` when there is no such tutorial and `StaleVersion` when it changed since
-    the caller read `expected_version`. The check and the write are one statement, so two
-    writers holding the same version cannot both succeed.
+    SQLAlchemy is looked up among the modules already imported rather than imported here: a
+    process that never imported it (the command line's fast path) cannot hold a session.
     """
-    if not isinstance(session, AsyncSession):
-        names = _columns(changes, _SERVER_MANAGED)
-        sql = _update_sql(names, expected_version is not None)
-        args: list[Any] = [tutorial_id, *(changes[name] for name in names)]
-        if expected_version is not None:
-            args.append(expected_version)
-        row = await session.fetchrow(sql, *args)
-        if row is None:
-            await _raise_missing_or_stale(session, tutorial_id, expected_version)
-        assert row is not None
-        return _tutorial(row)
-    condition = Tutorial.tutorial_id == tutorial_id
-    if expected_version is not None:
-        condition = and_(condition, Tutorial.version == expected_version)
-    statement = (
-        update_statement(Tutorial)
-        .where(condition)
-        .values({**changes, "version": Tutorial.version + 1, "updated_at": func.now()})
-        .returning(Tutorial)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    updated = (await session.scalars(statement)).one_or_none()
-    if updated is None:
-        await _raise_missing_or_stale(session, tutorial_id, expected_version)
-    assert updated is not None
-    return updated
+    asyncio_extension = sys.modules.get("sqlalchemy.ext.asyncio")
+    if asyncio_extension is not None and isinstance(target, asyncio_extension.AsyncSession):
+        return SessionExecutor(target)
+    return target  # type: ignore[return-value]  # an asyncpg connection (or proxy)
 
 
-async def delete(
-    session: Executor, tutorial_id: int, *, expected_version: int | None = None
-) -> bool:
-    """Delete a tutorial; False when there was none. `StaleVersion` if the version moved on."""
-    deleted: int | None
-    if not isinstance(session, AsyncSession):
-        if expected_version is None:
-            deleted = await session.fetchval(_DELETE_SQL, tutorial_id)
-        else:
-            deleted = await session.fetchval(_DELETE_VERSION_SQL, tutorial_id, expected_version)
-    else:
-        condition = Tutorial.tutorial_id == tutorial_id
-        if expected_version is not None:
-            condition = and_(condition, Tutorial.version == expected_version)
-        statement = (
-            delete_statement(Tutorial)
-            .where(condition)
-            .returning(Tutorial.tutorial_id)
-            .execution_options(synchronize_session=False)
-        )
-        deleted = (await session.execute(statement)).scalar_one_or_none()
-    if deleted is None and expected_version is not None:
-        current = await _current_version(session, tutorial_id)
-        if current is not None:
-            raise StaleVersion(
-                f"tutorial {tutorial_id} is at version {current}, not {expected_version}",
-                current,
-            )
-    return deleted is not None
-
-
-async def list_page(
-    session: Executor,
-    *,
-    limit: int = DEFAULT_PAGE,
-    cursor: str | None = None,
-    tags: Sequence[str] = (),
-) -> Page:
-    """Tutorials in id order (oldest first), filtered to those carrying all `tags`."""
-    limit = _check_limit(limit)
-    if not isinstance(session, AsyncSession):
-        after = 0
-        if cursor is not None:
-            (after,) = _decode_cursor(cursor, "i", (int,))
-            after = _check_cursor_id(after)
-        if tags:
-            records = await session.fetch(_PAGE_TAGS_SQL, after, limit + 1, list(tags))
-        else:
-            records = await session.fetch(_PAGE_SQL, after, limit + 1)
-        # Objects only for the rows returned: the extra one only says whether a page follows.
-        items = [_tutorial(row) for row in records[:limit]]
-        if len(records) > limit:
-            return Page(items, _encode_cursor("i", [items[-1].tutorial_id]))
-        return Page(items, None)
-    statement = _filtered(select(Tutorial), tags).order_by(Tutorial.tutorial_id).limit(limit + 1)
-    if cursor is not None:
-        (after,) = _decode_cursor(cursor, "i", (int,))
-        statement = statement.where(Tutorial.tutorial_id > _check_cursor_id(after))
-    rows = list((await session.scalars(statement)).all())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = _encode_cursor("i", [rows[-1].tutorial_id])
-    return Page(rows, next_cursor)
-
-
-async def search(
-    session: Executor,
-    query: str,
-    *,
-    limit: int = DEFAULT_PAGE,
-    cursor: str | None = None,
-    tags: Sequence[str] = (),
-    candidates: int | None = None,
-) -> Page:
-    """Full-text search (web search syntax: words, "phrases", -not, or), best match first.
-
-    Ranked by `ts_rank` over the weighted document (name > description > tags), ties broken
-    by id, and paginated by keyset on (rank, id).
-
-    `candidates` bounds the work: only the first that many matching rows the index yields are
-    ranked (None or 0: all of them). Ranking needs every ranked row's document, so an exact
-    ranking costs one heap visit per match: fine for a few thousand, a second for a word in a
-    quarter of a million rows. With the bound, a query matching fewer rows is ranked exactly;
-    one matching more gets the best matches among the first `candidates` found (the same
-    ones from page to page while the table does not change, so pages stay disjoint).
-    """
-    limit = _check_limit(limit)
-    if candidates is not None and candidates < 0:
-        raise ValueError("candidates must be positive (or 0 / None for no bound)")
-    if not isinstance(session, AsyncSession):
-        return await _search_direct(session, query, limit, cursor, tags, candidates or 0)
-    tsquery = func.websearch_to_tsquery(SEARCH_CONFIG, query)
-    found = _filtered(select(Tutorial), tags).where(Tutorial.search.bool_op("@@")(tsquery))
-    ranked = aliased(Tutorial, found.limit(candidates).subquery()) if candidates else Tutorial
-    if candidates:
-        await session.execute(text(_CUSTOM_PLAN_SETTING))  # in the session's transaction
-    rank = func.ts_rank(ranked.search, tsquery).label("rank")
-    statement = select(ranked, rank).order_by(rank.desc(), ranked.tutorial_id).limit(limit + 1)
-    if not candidates:
-        statement = _filtered(statement, tags).where(ranked.search.bool_op("@@")(tsquery))
-    if cursor is not None:
-        last_rank, last_id = _decode_cursor(cursor, "r", (float, int))
-        bound = func.cast(last_rank, REAL)
-        statement = statement.where(
-            or_(
-                func.ts_rank(ranked.search, tsquery) < bound,
-                and_(
-                    func.ts_rank(ranked.search, tsquery) == bound,
-                    ranked.tutorial_id > _check_cursor_id(last_id),
-                ),
-            )
-        )
-    rows = list((await session.execute(statement)).all())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last, last_rank_value = rows[-1]
-        next_cursor = _encode_cursor("r", [float(last_rank_value), last.tutorial_id])
-    return Page([tutorial for tutorial, _ in rows], next_cursor)
-
-
-async def count(session: Executor) -> int:
-    if not isinstance(session, AsyncSession):
-        return int(await session.fetchval("SELECT count(*) FROM tutorials"))
-    return (await session.execute(select(func.count()).select_from(Tutorial))).scalar_one()
-
-
-def _filtered(statement: Select[Any], tags: Sequence[str]) -> Select[Any]:
-    if tags:
-        # `@>` (contains) is what the GIN index on tags serves.
-        statement = statement.where(Tutorial.tags.contains(list(tags)))
-    return statement
-
-
-async def _current_version(session: Executor, tutorial_id: int) -> int | None:
-    if not isinstance(session, AsyncSession):
-        version = await session.fetchval(_VERSION_SQL, tutorial_id)
-        return None if version is None else int(version)
-    statement = select(Tutorial.version).where(Tutorial.tutorial_id == tutorial_id)
-    return (await session.execute(statement)).scalar_one_or_none()
-
-
-async def _raise_missing_or_stale(
-    session: Executor, tutorial_id: int, expected_version: int | None
-) -> None:
-    current = await _current_version(session, tutorial_id)
-    if current is None:
-        raise NotFound(f"tutorial {tutorial_id} not found")
-    raise StaleVersion(
-        f"tutorial {tutorial_id} is at version {current}, not {expected_version}", current
-    )
-
-
-# --- The asyncpg side: the same statements as plain SQL, and rows mapped to `Tutorial`. ---
-
-#: Columns every statement returns, in `Tutorial`'s attribute names (the deferred `search`
-#: document is never fetched, as on the ORM side).
-_FIELDS = (
+#: The columns every statement returns, in `TutorialRecord`'s order (`search`, the full-text
+#: document, is never fetched).
+FIELDS = (
     "tutorial_id",
     "name",
     "url",
@@ -296,190 +97,388 @@ _FIELDS = (
     "updated_at",
     "version",
 )
-_RETURNING = ", ".join(_FIELDS)
-#: Columns a caller may set (as the ORM path's `insert().values()` accepts them).
-_WRITABLE = frozenset(_FIELDS)
-#: Set by `update` itself, whatever `changes` says (as on the ORM side).
-_SERVER_MANAGED = frozenset({"version", "updated_at"})
+COLUMNS = ", ".join(FIELDS)
+#: Columns a caller may set; `version` and `updated_at` are the statements' own business.
+WRITABLE = ("name", "url", "description", "tags")
 
-_GET_SQL = f"SELECT {_RETURNING} FROM tutorials WHERE tutorial_id = $1"
-_GET_BY_URL_SQL = f"SELECT {_RETURNING} FROM tutorials WHERE url = $1"
-_VERSION_SQL = "SELECT version FROM tutorials WHERE tutorial_id = $1"
-_DELETE_SQL = "DELETE FROM tutorials WHERE tutorial_id = $1 RETURNING tutorial_id"
-_DELETE_VERSION_SQL = (
+INSERT = (
+    "INSERT INTO tutorials (name, url, description, tags) VALUES ($1, $2, $3, $4) "
+    f"RETURNING {COLUMNS}"
+)
+GET = f"SELECT {COLUMNS} FROM tutorials WHERE tutorial_id = $1"
+GET_BY_URL = f"SELECT {COLUMNS} FROM tutorials WHERE url = $1"
+VERSION = "SELECT version FROM tutorials WHERE tutorial_id = $1"
+DELETE = "DELETE FROM tutorials WHERE tutorial_id = $1 RETURNING tutorial_id"
+DELETE_AT_VERSION = (
     "DELETE FROM tutorials WHERE tutorial_id = $1 AND version = $2 RETURNING tutorial_id"
 )
+COUNT = "SELECT count(*) FROM tutorials"
 # Keyset pages: `tutorial_id > 0` is every row (ids start at 1), so one statement serves the
 # first page and the next ones, and stays one prepared statement.
-_PAGE_SQL = (
-    f"SELECT {_RETURNING} FROM tutorials WHERE tutorial_id > $1 ORDER BY tutorial_id LIMIT $2"
-)
-_PAGE_TAGS_SQL = (
-    f"SELECT {_RETURNING} FROM tutorials WHERE tutorial_id > $1 AND tags @> $3::text[] "
+PAGE = f"SELECT {COLUMNS} FROM tutorials WHERE tutorial_id > $1 ORDER BY tutorial_id LIMIT $2"
+PAGE_TAGGED = (
+    f"SELECT {COLUMNS} FROM tutorials WHERE tutorial_id > $1 AND tags @> $3::text[] "
     "ORDER BY tutorial_id LIMIT $2"
 )
-_SEARCH_SQL = (
-    f"SELECT {_RETURNING}, ts_rank(search, query) AS rank "
-    f"FROM tutorials, websearch_to_tsquery('{SEARCH_CONFIG}', $1) AS query "
-    "WHERE search @@ query{filters} ORDER BY rank DESC, tutorial_id LIMIT $2"
-)
-#: The same ranking over at most $bound matches: the inner LIMIT stops the scan early.
-_SEARCH_BOUNDED_SQL = (
-    f"SELECT {_RETURNING}, ts_rank(search, query) AS rank FROM ("
-    f"SELECT tutorials.*, query FROM tutorials, websearch_to_tsquery('{SEARCH_CONFIG}', $1) "
-    "AS query WHERE search @@ query{found} LIMIT ${bound}) AS tutorials "
-    "WHERE true{after} ORDER BY rank DESC, tutorial_id LIMIT $2"
-)
-_SEARCH_TAGS = " AND tags @> ${t}::text[]"
-#: Plan the bounded search for the words it is given, every time (one round trip, before it).
-#: PostgreSQL switches a prepared statement to a generic plan after five executions, and the
-#: generic plan cannot know how common the words are: it builds the index bitmap of every
-#: match (100 ms for a word in 277,000 of 1,000,000 rows) where a plan for that word scans
-#: until the bound is reached (7 ms), and the reverse for a rare word.
-_CUSTOM_PLAN_SETTING = "SET LOCAL plan_cache_mode = force_custom_plan"
-_CUSTOM_PLAN = "BEGIN READ ONLY; " + _CUSTOM_PLAN_SETTING  # the fast path opens its transaction
-_SEARCH_AFTER = (
-    " AND (ts_rank(search, query) < ${r}::real"
-    " OR (ts_rank(search, query) = ${r}::real AND tutorial_id > ${i}))"
-)
-_insert_cache: dict[tuple[str, ...], str] = {}
-_update_cache: dict[tuple[tuple[str, ...], bool], str] = {}
-_new_tutorial: Callable[[], Tutorial] | None = None
+#: Plan a bounded search for the words it is given, every time. PostgreSQL switches a prepared
+#: statement to a generic plan after five executions, and the generic plan cannot know how
+#: common the words are: it builds the index bitmap of every match where a plan for a common
+#: word scans until the bound is reached, and the reverse for a rare word. Needs a transaction.
+CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+#: The same, for `Database.transaction(local=...)`.
+PLAN_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 
-def _instance_factory() -> Callable[[], Tutorial]:
-    """`Tutorial`'s bare constructor, once the mappers are configured (attribute access on an
-    instance made before that would fail), so the first fast call configures them."""
-    global _new_tutorial
-    configure_mappers()
-    _new_tutorial = inspect(Tutorial).class_manager.new_instance
-    return _new_tutorial
+async def insert(
+    target: Executor | AsyncSession,
+    name: str,
+    url: str | None,
+    description: str | None,
+    tags: list[str],
+) -> TutorialRecord:
+    """Insert one tutorial; the row as stored (id, timestamps, version 1)."""
+    row = await executor(target).fetchrow(INSERT, name, url, description, tags)
+    return TutorialRecord(*row)
 
 
-def _columns(values: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> tuple[str, ...]:
-    """The column names of `values`, checked against the table's (they become SQL text)."""
-    names = tuple(name for name in values if name not in skip)
-    unknown = [name for name in names if name not in _WRITABLE]
+async def get(target: Executor | AsyncSession, tutorial_id: int) -> TutorialRecord | None:
+    row = await executor(target).fetchrow(GET, tutorial_id)
+    return None if row is None else TutorialRecord(*row)
+
+
+async def get_by_url(target: Executor | AsyncSession, url: str) -> TutorialRecord | None:
+    row = await executor(target).fetchrow(GET_BY_URL, url)
+    return None if row is None else TutorialRecord(*row)
+
+
+async def version_of(target: Executor | AsyncSession, tutorial_id: int) -> int | None:
+    """The stored version, or None when there is no such tutorial."""
+    version = await executor(target).fetchval(VERSION, tutorial_id)
+    return None if version is None else int(version)
+
+
+@functools.cache
+def update_statement(columns: tuple[str, ...], at_version: bool) -> str:
+    """`UPDATE` of these columns (a subset of `WRITABLE`), bumping `version` and `updated_at`;
+    with `at_version`, only while the row is still at the version given as the last argument.
+    Only the columns given are written, so an update of the url leaves the search document
+    alone."""
+    unknown = set(columns) - set(WRITABLE)
     if unknown:
-        raise ValueError(f"not columns of tutorials: {', '.join(sorted(unknown))}")
-    return names
+        raise ValueError(f"not writable columns of tutorials: {', '.join(sorted(unknown))}")
+    sets = [f"{name} = ${index}" for index, name in enumerate(columns, start=2)]
+    sets += ["version = version + 1", "updated_at = now()"]
+    condition = "tutorial_id = $1"
+    if at_version:
+        condition += f" AND version = ${len(columns) + 2}"
+    return f"UPDATE tutorials SET {', '.join(sets)} WHERE {condition} RETURNING {COLUMNS}"
 
 
-def _insert_sql(names: tuple[str, ...]) -> str:
-    sql = _insert_cache.get(names)
-    if sql is None:
-        placeholders = ", ".join(f"${index}" for index in range(1, len(names) + 1))
-        columns = ", ".join(names)
-        sql = (
-            f"INSERT INTO tutorials ({columns}) VALUES ({placeholders}) RETURNING {_RETURNING}"
-            if names
-            else f"INSERT INTO tutorials DEFAULT VALUES RETURNING {_RETURNING}"
+async def update(
+    target: Executor | AsyncSession,
+    tutorial_id: int,
+    changes: Mapping[str, object],
+    *,
+    expected_version: int | None = None,
+) -> TutorialRecord | None:
+    """Write `changes` (at least one column) and bump the version, in one statement; with
+    `expected_version`, only if the row is still at it. None when no row matched."""
+    columns = tuple(changes)
+    args: list[object] = [tutorial_id, *changes.values()]
+    if expected_version is not None:
+        args.append(expected_version)
+    statement = update_statement(columns, expected_version is not None)
+    row = await executor(target).fetchrow(statement, *args)
+    return None if row is None else TutorialRecord(*row)
+
+
+async def delete(
+    target: Executor | AsyncSession, tutorial_id: int, *, expected_version: int | None = None
+) -> bool:
+    """Delete a tutorial (only at `expected_version`, if given); whether a row was deleted."""
+    run = executor(target)
+    if expected_version is None:
+        deleted = await run.fetchval(DELETE, tutorial_id)
+    else:
+        deleted = await run.fetchval(DELETE_AT_VERSION, tutorial_id, expected_version)
+    return deleted is not None
+
+
+async def page(
+    target: Executor | AsyncSession, *, after_id: int, limit: int, tags: Sequence[str] = ()
+) -> list[TutorialRecord]:
+    """Up to `limit` tutorials after `after_id`, in id order, carrying all `tags`."""
+    run = executor(target)
+    if tags:
+        rows = await run.fetch(PAGE_TAGGED, after_id, limit, list(tags))
+    else:
+        rows = await run.fetch(PAGE, after_id, limit)
+    return list(starmap(TutorialRecord, rows))  # the loop in C: a microsecond a page
+
+
+@functools.cache
+def search_statement(tagged: bool, after: bool, bounded: bool, prefix: bool = False) -> str:
+    """The ranked search: matches of `websearch_to_tsquery($1)`, best `ts_rank` first, ties by
+    id, `$2` rows. Optional parts, numbered in this order: `$3` tags the rows must carry; `$4`,
+    `$5` the (rank, id) the previous page ended at; `$6` (or the next free number) the bound:
+    only the first that many matches the index yields are ranked; last, the prefix
+    alternatives of the last word (`query_source`)."""
+    args = 2
+    found = ""  # conditions on matching rows (inside the bound, if any)
+    if tagged:
+        args += 1
+        found = f" AND tags @> ${args}::text[]"
+    keyset = ""  # where the previous page ended (applied to ranked rows)
+    if after:
+        rank, last = args + 1, args + 2
+        args += 2
+        keyset = (
+            f" AND (ts_rank(search, query) < ${rank}::real"
+            f" OR (ts_rank(search, query) = ${rank}::real AND tutorial_id > ${last}))"
         )
-        _insert_cache[names] = sql
-    return sql
+    prefix_arg = f"${args + (2 if bounded else 1)}::text" if prefix else None
+    query = f"websearch_to_tsquery('{SEARCH_CONFIG}', $1) AS query"
+    if prefix_arg is not None:  # an expression, not a function call: a subquery in FROM
+        query = f"(SELECT {query_source('$1', prefix_arg)} AS query) AS typed"
+    if not bounded:
+        return (
+            f"SELECT {COLUMNS}, ts_rank(search, query) AS rank FROM tutorials, {query} "
+            f"WHERE search @@ query{found}{keyset} ORDER BY rank DESC, tutorial_id LIMIT $2"
+        )
+    # The inner LIMIT stops the index scan once the bound is reached.
+    return (
+        f"SELECT {COLUMNS}, ts_rank(search, query) AS rank FROM ("
+        f"SELECT tutorials.*, query FROM tutorials, {query} "
+        f"WHERE search @@ query{found} LIMIT ${args + 1}) AS tutorials "
+        f"WHERE true{keyset} ORDER BY rank DESC, tutorial_id LIMIT $2"
+    )
 
 
-def _update_sql(names: tuple[str, ...], check_version: bool) -> str:
-    key = (names, check_version)
-    sql = _update_cache.get(key)
-    if sql is None:
-        sets = [f"{name} = ${index}" for index, name in enumerate(names, start=2)]
-        sets += ["version = version + 1", "updated_at = now()"]
-        condition = "tutorial_id = $1"
-        if check_version:
-            condition += f" AND version = ${len(names) + 2}"
-        sql = f"UPDATE tutorials SET {', '.join(sets)} WHERE {condition} RETURNING {_RETURNING}"
-        _update_cache[key] = sql
-    return sql
-
-
-def _tutorial(row: asyncpg.Record) -> Tutorial:
-    """A `Tutorial` from a row of `_FIELDS`, in the state the ORM leaves a loaded object in
-    once its session has closed (detached, with its identity key, nothing modified): about
-    1 µs instead of the ORM's load or `Tutorial(**row)`'s instrumented constructor."""
-    tutorial = (_new_tutorial or _instance_factory())()
-    # No `strict=`: zip() called with a keyword takes CPython 3.11's slow call path, ≈ 0.2 µs
-    # per object, a fifth of building it (the row has at least all of _FIELDS, by its SQL).
-    tutorial.__dict__.update(zip(_FIELDS, row))  # noqa: B905
-    instance_state(tutorial).key = (Tutorial, (row[0],), None)
-    return tutorial
-
-
-async def _search_direct(
-    connection: Connection,
+async def search(
+    target: Executor | AsyncSession,
     query: str,
+    *,
     limit: int,
-    cursor: str | None,
-    tags: Sequence[str],
-    candidates: int,
-) -> Page:
-    args: list[Any] = [query, limit + 1]
-    found = ""  # conditions on the matching rows (inside the bound, if any)
+    tags: Sequence[str] = (),
+    after: tuple[float, int] | None = None,
+    candidates: int = 0,
+    plan: bool = True,
+    prefix: str | None = None,
+) -> list[tuple[TutorialRecord, float]]:
+    """Full-text search (web search syntax), best match first, with each row's rank.
+
+    `candidates` bounds the work (0: rank every match): only the first that many matches are
+    ranked. Ranking needs every ranked row's document, one heap visit per match: fine for a
+    few thousand, a second for a word in a quarter of a million rows. With the bound, a query
+    matching fewer rows is ranked exactly; one matching more gets the best among the first
+    `candidates` found (the same ones from page to page while the table does not change). A
+    bounded search must run inside a transaction, planned for its words (`CUSTOM_PLAN`, a
+    `SET LOCAL`): sent here, unless `plan` is False because the caller's transaction began
+    with it (`Database.transaction(local=PLAN_SETTINGS)`, one round trip less). `prefix`: the
+    last word's prefix alternatives (`query_source`), for search as you type.
+    """
+    run = executor(target)
+    args: list[object] = [query, limit]
     if tags:
         args.append(list(tags))
-        found += _SEARCH_TAGS.format(t=len(args))
-    after = ""  # the keyset condition (applied to the ranked rows)
-    if cursor is not None:
-        last_rank, last_id = _decode_cursor(cursor, "r", (float, int))
-        args += [last_rank, _check_cursor_id(last_id)]
-        after = _SEARCH_AFTER.format(r=len(args) - 1, i=len(args))
+    if after is not None:
+        args += after
     if candidates:
         args.append(candidates)
-        sql = _SEARCH_BOUNDED_SQL.format(found=found, after=after, bound=len(args))
-        await connection.execute(_CUSTOM_PLAN)
-        try:
-            records = await connection.fetch(sql, *args)
-        finally:
-            # Also after a failure: COMMIT then rolls back and ends the transaction. (If this
-            # never runs, e.g. on cancellation, `Database.fast` discards the connection.)
-            await connection.execute("COMMIT")
-    else:
-        records = await connection.fetch(_SEARCH_SQL.format(filters=found + after), *args)
-    items = [_tutorial(row) for row in records[:limit]]
-    next_cursor = None
-    if len(records) > limit:
-        next_cursor = _encode_cursor(
-            "r", [float(records[limit - 1]["rank"]), items[-1].tutorial_id]
+        if plan:
+            await run.execute(CUSTOM_PLAN)
+    if prefix is not None:
+        args.append(prefix)
+    statement = search_statement(
+        bool(tags), after is not None, bool(candidates), prefix is not None
+    )
+    rows = await run.fetch(statement, *args)
+    # Slices of an asyncpg Record (or a SQLAlchemy Row) are tuples: the columns, then the rank.
+    return [(TutorialRecord(*row[:-1]), float(row[-1])) for row in rows]
+
+
+async def count(target: Executor | AsyncSession) -> int:
+    return int(await executor(target).fetchval(COUNT))
+
+
+# --- Browsing: other orders, prefix search, counts, tags ------------------------------------
+
+#: The name order's key: the first 64 characters of the lower-cased name. Bounded, so a page's
+#: cursor can carry it (cursors are at most 512 characters); names that share those 64
+#: characters come in id order.
+NAME_KEY = "left(lower(name), 64)"
+NAME_KEY_CHARS = 64
+#: order -> (the sort key, the direction). `oldest` is `page`'s: id order, ascending.
+_ORDERS = {
+    "newest": ("tutorial_id", "DESC"),
+    "name": (NAME_KEY, "ASC"),
+    "updated": ("updated_at", "DESC"),
+}
+
+
+@functools.cache
+def ordered_page_statement(order: str, tagged: bool, after: bool) -> str:
+    """A keyset page in another order than id's, each row with its sort key last: `$1` rows,
+    `$2` the tags they must carry (if `tagged`), then where the previous page ended (if
+    `after`): its last id (`newest`), or its last key and id (`name`, `updated`).
+    Ties on the key are broken by id, in the key's direction."""
+    key, direction = _ORDERS[order]
+    conditions = []
+    args = 1
+    if tagged:
+        args += 1
+        conditions.append(f"tags @> ${args}::text[]")
+    if after:
+        comparison = ">" if direction == "ASC" else "<"
+        if order == "newest":
+            conditions.append(f"tutorial_id < ${args + 1}")
+        else:
+            conditions.append(f"({key}, tutorial_id) {comparison} (${args + 1}, ${args + 2})")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    ordering = (
+        "tutorial_id DESC" if order == "newest" else f"{key} {direction}, tutorial_id {direction}"
+    )
+    return f"SELECT {COLUMNS}, {key} FROM tutorials{where} ORDER BY {ordering} LIMIT $1"
+
+
+async def ordered_page(
+    target: Executor | AsyncSession,
+    *,
+    order: str,
+    limit: int,
+    tags: Sequence[str] = (),
+    after: tuple[Any, ...] | None = None,
+) -> list[tuple[TutorialRecord, Any]]:
+    """Up to `limit` tutorials carrying all `tags`, in `order` (`newest`, `name`, `updated`),
+    after `after` (the previous page's last id, or its last key and id); each with its key."""
+    args: list[object] = [limit]
+    if tags:
+        args.append(list(tags))
+    if after is not None:
+        args += after
+    statement = ordered_page_statement(order, bool(tags), after is not None)
+    rows = await executor(target).fetch(statement, *args)
+    return [(TutorialRecord(*row[:-1]), row[-1]) for row in rows]
+
+
+def query_source(text: str, prefix: str | None) -> str:
+    """The tsquery of a search whose text is the parameter `text` (`$1`): web search syntax,
+    and with `prefix` (the parameter holding `to_tsquery` alternatives such as
+    `'sqlalch':*`), the last word as the beginning of a word. The alternatives are read both
+    stemmed (the document's config) and as typed (`simple`: stop words kept), either may match."""
+    query = f"websearch_to_tsquery('{SEARCH_CONFIG}', {text})"
+    if prefix is None:
+        return query
+    return (
+        f"({query} && (to_tsquery('{SEARCH_CONFIG}', {prefix}) || to_tsquery('simple', {prefix})))"
+    )
+
+
+TAG_COUNTS = (
+    "SELECT tag, count(*) FROM tutorials, unnest(tags) AS tag "
+    "GROUP BY tag ORDER BY count(*) DESC, tag LIMIT $1"
+)
+
+
+async def tag_counts(target: Executor | AsyncSession, *, limit: int) -> list[tuple[str, int]]:
+    """The `limit` most used tags, with how many tutorials carry each: most used first."""
+    rows = await executor(target).fetch(TAG_COUNTS, limit)
+    return [(str(row[0]), int(row[1])) for row in rows]
+
+
+@functools.cache
+def count_statement(tagged: bool, searched: bool, prefix: bool, bounded: bool) -> str:
+    """How many tutorials a listing or a search holds. Parameters in order: the tags (if
+    `tagged`), the search text and its prefix alternatives (if `searched`, `prefix`), the
+    bound (if `bounded`): a search counts at most that many matches (what it ranks)."""
+    args: list[str] = []
+    conditions: list[str] = []
+    if tagged:
+        args.append("tags")
+        conditions.append(f"tags @> ${len(args)}::text[]")
+    if searched:
+        args.append("text")
+        text = f"${len(args)}::text"
+        prefix_arg = None
+        if prefix:
+            args.append("prefix")
+            prefix_arg = f"${len(args)}::text"
+        conditions.append(f"search @@ {query_source(text, prefix_arg)}")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    if not bounded:
+        return f"SELECT count(*) FROM tutorials{where}"
+    args.append("bound")
+    return f"SELECT count(*) FROM (SELECT FROM tutorials{where} LIMIT ${len(args)}) AS found"
+
+
+async def count_found(
+    target: Executor | AsyncSession,
+    *,
+    tags: Sequence[str] = (),
+    query: str | None = None,
+    prefix: str | None = None,
+    bound: int = 0,
+) -> int:
+    """How many tutorials carry all `tags` and match `query` (with its `prefix` alternatives),
+    counting at most `bound` of them when given (0: all)."""
+    args: list[object] = []
+    if tags:
+        args.append(list(tags))
+    if query is not None:
+        args.append(query)
+        if prefix is not None:
+            args.append(prefix)
+    if bound:
+        args.append(bound)
+    statement = count_statement(bool(tags), query is not None, prefix is not None, bool(bound))
+    return int(await executor(target).fetchval(statement, *args))
+
+
+@functools.cache
+def matching_statement(delete: bool, tagged: bool, searched: bool) -> str:
+    """Count (or delete) the tutorials carrying every tag of `$1` and matching the full-text
+    query (web search syntax) `$2` (`$1` when untagged); with neither, every tutorial.
+
+    The filter of a filtered export (`transfer.sql`): what `tutorials export --tag T --q Q`
+    writes is what `tutorials delete --tag T --q Q` deletes. A delete counts its rows in a CTE
+    rather than from the command status, so it reads the same through an `AsyncSession`.
+    """
+    conditions: list[str] = []
+    if tagged:
+        conditions.append(f"tags @> ${len(conditions) + 1}::text[]")
+    if searched:
+        conditions.append(
+            f"search @@ websearch_to_tsquery('{SEARCH_CONFIG}', ${len(conditions) + 1}::text)"
         )
-    return Page(items, next_cursor)
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    if not delete:
+        return f"SELECT count(*) FROM tutorials{where}"
+    return (
+        f"WITH deleted AS (DELETE FROM tutorials{where} RETURNING 1) SELECT count(*) FROM deleted"
+    )
 
 
-def _check_limit(limit: int) -> int:
-    if not 1 <= limit <= PAGE_MAX:
-        raise InvalidInput(f"limit must be between 1 and {PAGE_MAX}")
-    return limit
+async def count_matching(
+    target: Executor | AsyncSession, *, tags: Sequence[str] = (), query: str | None = None
+) -> int:
+    """How many tutorials carry all `tags` and match `query` (None: no search)."""
+    return await _matching(target, False, tags, query)
 
 
-def _check_cursor_id(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
-        raise InvalidInput("invalid cursor")
-    return value
+async def delete_matching(
+    target: Executor | AsyncSession, *, tags: Sequence[str] = (), query: str | None = None
+) -> int:
+    """Delete the tutorials `count_matching` counts, in one statement; how many were deleted."""
+    return await _matching(target, True, tags, query)
 
 
-#: One encoder for every cursor: `json.dumps(..., separators=...)` builds a new one per call.
-_CURSOR_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def _encode_cursor(kind: str, values: list[Any]) -> str:
-    raw = _CURSOR_JSON.encode([kind, *values]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
-    """Decode a cursor made by `_encode_cursor(kind, ...)`; anything else is `InvalidInput`."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decoded = json.loads(raw.decode())  # from str: half the cost of sniffing bytes
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidInput("invalid cursor") from None
-    if (
-        not isinstance(decoded, list)
-        or len(decoded) != len(types) + 1
-        or decoded[0] != kind
-        or not all(
-            isinstance(value, expected) and not isinstance(value, bool)
-            for value, expected in zip(decoded[1:], types, strict=True)
-        )
-    ):
-        raise InvalidInput("invalid cursor")
-    return decoded[1:]
+async def _matching(
+    target: Executor | AsyncSession, delete: bool, tags: Sequence[str], query: str | None
+) -> int:
+    args: list[object] = []
+    if tags:
+        args.append(list(tags))
+    if query is not None:
+        args.append(query)
+    statement = matching_statement(delete, bool(tags), query is not None)
+    return int(await executor(target).fetchval(statement, *args))

@@ -12,25 +12,33 @@
     with open("backup.csv", "wb") as out:  # two COPY streams, for a server with idle cores
         await export_rows(database, out, jobs=2)
 
-Every function takes a `tutorials.Database` or a caller's SQLAlchemy `AsyncEngine`. The rules
+    with open("catalog.backup", "wb") as out:  # ids, timestamps and versions too
+        await export_rows(database, out, format="backup")
+    with open("catalog.backup", "rb") as source:  # into an empty catalog: exactly as it was
+        restored = await restore_file(database, source)
+
+Every function takes a `tutorials.Database`. The rules
 (validation, batches, idempotence, what happens to rows without a url) are in `importer`; the
 SQL in `sql`; the file formats in `readers` and `exporter`.
 """
 
+from tutorials.limits import DEFAULT_BATCH
 from tutorials.transfer.exporter import (
     EXPORT_FORMATS,
     MEDIA_TYPES,
+    ExportStalled,
     ExportWriteError,
     export_rows,
     export_to,
     iter_export,
 )
 from tutorials.transfer.importer import (
-    DEFAULT_BATCH,
+    DEFAULT_BATCH_BYTES,
     ON_CONFLICT_MODES,
     ImportSummary,
     import_file,
     import_rows,
+    restore_file,
 )
 from tutorials.transfer.readers import (
     READERS,
@@ -47,11 +55,13 @@ IMPORT_FORMATS = tuple(READERS)
 
 __all__ = [
     "DEFAULT_BATCH",
+    "DEFAULT_BATCH_BYTES",
     "EXPORT_FORMATS",
     "IMPORT_FORMATS",
     "MEDIA_TYPES",
     "ON_CONFLICT_MODES",
     "ExportFormat",
+    "ExportStalled",
     "ExportWriteError",
     "ImportSummary",
     "OnConflict",
@@ -66,4 +76,5 @@ __all__ = [
     "read_json",
     "read_ndjson",
     "reader_for",
+    "restore_file",
 ]

@@ -11,9 +11,16 @@ range streams into the file; the others are spilled to temporary files beside it
 in order (in the kernel, `os.sendfile`), so the file is byte for byte what one COPY writes.
 
 What it writes reads back through import unchanged: the CSV header is `name,url,description,
-tags` with tags joined by `;`; NDJSON / JSON objects carry the API's fields. Rows come oldest
+tags` with tags joined by `;`, cells that a spreadsheet would run as formulas prefixed with `'`
+(which import takes off; `raw_csv` turns both off); NDJSON / JSON objects carry the API's
+fields. Rows come oldest
 first (by id), so exporting, importing into an empty catalog and exporting again gives the same
 file.
+
+A **backup** (`format="backup"`) is NDJSON with every column a restore needs to give the table
+back as it was: ids, timestamps (UTC, microseconds) and versions, after a first line that says
+what the file is (`{"tutorials_backup":1}`). `tutorials.service.restore` reads it back into an
+empty catalog; an import would read it as new rows and drop what makes it a backup.
 """
 
 from __future__ import annotations
@@ -28,23 +35,22 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequ
 from contextlib import ExitStack
 from typing import IO, Any
 
-import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-
-from tutorials.db.session import Database
+from tutorials.db.database import Connection, Database
 from tutorials.errors import InvalidInput
 from tutorials.schemas import check_query, check_tags
+from tutorials.service import refused_query
 from tutorials.transfer import sql
 from tutorials.transfer.importer import as_database
 from tutorials.transfer.sql import ExportFormat, IdRange
 
 #: The statement timeout of an export, in seconds: a whole catalog is one COPY statement.
 EXPORT_TIMEOUT = 3600.0
-EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "ndjson", "json")
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "ndjson", "json", "backup")
 MEDIA_TYPES: dict[str, str] = {
     "csv": "text/csv; charset=utf-8",
     "ndjson": "application/x-ndjson",
     "json": "application/json",
+    "backup": "application/x-ndjson",
 }
 #: A COPY stream of a parallel export covers at least this many ids: below that, a second
 #: connection, a shared snapshot and a spill file cost more than they save.
@@ -174,6 +180,13 @@ class _Streams:
         self.sinks.append(guarded)
         return guarded
 
+    def failure(self) -> Exception | None:
+        """The first failure of a sink of this export's (not the stops it caused)."""
+        for sink in self.sinks:
+            if sink.failure is not None and not isinstance(sink.failure, _Stopped):
+                return sink.failure
+        return None
+
     async def all(self, works: Sequence[Awaitable[int]]) -> list[int]:
         """Run `works` at once; the rows each sent, or the first failure (the others stopped).
 
@@ -201,18 +214,6 @@ class _Streams:
         return [task.result() for task in tasks]
 
 
-async def _copy(session: AsyncSession, copying: Awaitable[int]) -> int:
-    """Run a COPY of this session's; one that was stopped raises its cause, its connection
-    invalidated (it was closed under the COPY: the unit of work must not roll back on it)."""
-    try:
-        return await copying
-    except sql.CopyStopped as stopped:
-        if stopped.connection_closed:
-            connection = await session.connection()
-            await connection.invalidate()
-        raise stopped.failure from stopped.failure.__cause__
-
-
 async def _export(
     database: Database,
     sink: Sink,
@@ -224,18 +225,21 @@ async def _export(
     jobs: int,
     append: Append,
     spill_dir: str | None,
+    raw_csv: bool = False,
 ) -> int:
-    """One export; `jobs` > 1 may split it into that many COPY streams (see the module)."""
+    """One export; `jobs` > 1 may split it into that many COPY streams (see the module), at
+    most as many as the database's streaming budget (`Database.stream_connections`)."""
     timeout_ms = max(1, int(statement_timeout * 1000))
+    streams = _Streams()
+    jobs = min(jobs, database.stream_connections)
 
     async def copy(
-        session: AsyncSession,
-        connection: asyncpg.Connection,
+        connection: Connection,
         to: Sink | sql.CopySink,
         ids: IdRange = sql.WHOLE,
         header: bool = True,
     ) -> int:
-        copying = sql.copy_out(
+        return await sql.copy_out(
             connection,
             to,
             format=kind,
@@ -244,25 +248,27 @@ async def _export(
             time_limit=statement_timeout,
             ids=ids,
             header=header,
+            raw_csv=raw_csv,
         )
-        return await _copy(session, copying)
 
-    async with database.session() as session:
-        connection = await sql.begin_export(session, timeout_ms)
+    async def whole(connection: Connection) -> int:
+        await sql.prepare_export(connection, timeout_ms)
+        if kind == "backup":  # once the database answered: a failure to reach it sends nothing
+            await sink(sql.BACKUP_HEADER)
         # a filtered export reads its rows through an index over the whole table, which each
         # stream would read again: it stays one stream
         parallel = jobs > 1 and not tags and query is None
         ranges = await sql.split_ids(connection, jobs, PARALLEL_MIN_ROWS) if parallel else []
         if len(ranges) <= 1:
-            return await copy(session, connection, sink)
+            return await copy(connection, streams.sink(sink))
         snapshot = await sql.export_snapshot(connection)
 
-        streams = _Streams()
-
         async def spilled(ids: IdRange, to_spill: sql.CopySink) -> int:
-            async with database.session() as other:
-                raw = await sql.begin_export(other, timeout_ms, snapshot=snapshot)
-                return await copy(other, raw, to_spill, ids, header=False)
+            async def part(other: Connection) -> int:
+                await sql.prepare_export(other, timeout_ms, snapshot=snapshot)
+                return await copy(other, to_spill, ids, header=False)
+
+            return await database.stream(part)
 
         with ExitStack() as stack:
             spills = [stack.enter_context(_spill_file(spill_dir)) for _ in ranges[1:]]
@@ -271,7 +277,7 @@ async def _export(
             rest = [streams.sink(_writing(spill.write)) for spill in spills]
             counts = await streams.all(
                 [
-                    copy(session, connection, first, ranges[0]),
+                    copy(connection, first, ranges[0]),
                     *(spilled(ids, to) for ids, to in zip(ranges[1:], rest, strict=True)),
                 ]
             )
@@ -279,24 +285,39 @@ async def _export(
                 await append(spill)
         return sum(counts)
 
+    try:
+        return await database.stream(whole)
+    except Exception as exc:
+        # A COPY stopped by its sink (a full disk, a client gone) closed its connection, so
+        # what surfaces here is a lost connection; the sink's own failure is the real story.
+        failure = streams.failure()
+        if failure is not None:
+            raise failure  # noqa: B904 - it keeps its own cause (the OSError, ...)
+        refused = refused_query(exc) if query is not None else None
+        if refused is not None:
+            raise refused from None
+        raise
+
 
 async def export_to(
-    target: Database | AsyncEngine,
+    target: Database,
     sink: Sink,
     *,
     format: str = "csv",
     tags: Sequence[str] = (),
     query: str | None = None,
     statement_timeout: float = EXPORT_TIMEOUT,
+    raw_csv: bool = False,
 ) -> int:
-    """Stream the export to an async `sink(bytes)`, as one COPY; returns the number of rows."""
+    """Stream the export to an async `sink(bytes)`, as one COPY; returns the number of rows.
+    `raw_csv`: see `export_rows`."""
     return await _export_checked(
-        target, sink, format, tags, query, statement_timeout, 1, None, None
+        target, sink, format, tags, query, statement_timeout, 1, None, None, raw_csv=raw_csv
     )
 
 
 async def _export_checked(
-    target: Database | AsyncEngine,
+    target: Database,
     sink: Sink,
     format: str,
     tags: Sequence[str],
@@ -305,6 +326,8 @@ async def _export_checked(
     jobs: int,
     append: Append | None,
     spill_dir: str | None,
+    *,
+    raw_csv: bool = False,
 ) -> int:
     kind = check_format(format)
     tag_filter = check_tags(tags)
@@ -323,6 +346,7 @@ async def _export_checked(
         # a JSON array's parts go through the array's sink; a file's are appended in the kernel
         append=append if append is not None and array is None else _feeding(out),
         spill_dir=spill_dir,
+        raw_csv=raw_csv,
     )
     if array is not None:
         await array.close()
@@ -372,7 +396,7 @@ def _directory_of(file: IO[bytes]) -> str | None:
 
 
 async def export_rows(
-    target: Database | AsyncEngine,
+    target: Database,
     out: IO[bytes] | Sink,
     *,
     format: str = "csv",
@@ -380,6 +404,7 @@ async def export_rows(
     query: str | None = None,
     statement_timeout: float = EXPORT_TIMEOUT,
     jobs: int = 1,
+    raw_csv: bool = False,
 ) -> int:
     """Write the export to a binary file (or an async callable); returns the number of rows.
 
@@ -390,6 +415,12 @@ async def export_rows(
     `jobs`: up to that many COPY streams (and pool connections) at once for a big, unfiltered
     export to a regular file, the later ranges spilled to temporary files beside it (see the
     module); the output is the same. Anything else is one stream.
+
+    CSV is safe to open in a spreadsheet: a cell (name, description, tags) that begins with
+    `=`, `+`, `-`, `@`, a tab or a carriage return, or with `'`s followed by one of those, gets
+    one more `'` in front (OWASP's advice against "CSV injection"), which CSV import takes off
+    again (`readers.read_csv`), so the export imports back to the same rows. `raw_csv` writes
+    the cells as stored (import those with `raw_csv` too).
 
     A failure to write (to `out` or a spill file) raises `ExportWriteError`.
     """
@@ -414,55 +445,98 @@ async def export_rows(
                 raise ExportWriteError(exc) from exc
 
     return await _export_checked(
-        target, sink, format, tags, query, statement_timeout, jobs, append, spill_dir
-    )
+        target, sink, format, tags, query, statement_timeout, jobs, append, spill_dir,
+        raw_csv=raw_csv,
+    )  # fmt: skip
+
+
+class ExportStalled(Exception):
+    """The reader of `iter_export` took nothing for `seconds`: the export was stopped (its COPY
+    ended and its connection closed, see `sql.CopySink`) rather than hold a connection for a
+    client that may never read again."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"the export's reader took nothing for {seconds:g} s")
+
+
+class _Closed(Exception):
+    """How the COPY of an `iter_export` ends when its reader closed the iterator early."""
+
+
+#: After the reader closes an `iter_export` early, how long the COPY gets to stop through its
+#: sink (at its next chunk) before its task is cancelled.
+_STOP_GRACE = 1.0
 
 
 def iter_export(
-    target: Database | AsyncEngine,
+    target: Database,
     *,
     format: str = "csv",
     tags: Sequence[str] = (),
     query: str | None = None,
     statement_timeout: float = EXPORT_TIMEOUT,
+    stall_timeout: float | None = None,
+    raw_csv: bool = False,
 ) -> AsyncGenerator[bytes, None]:
     """The export as an async iterator of byte chunks (for a streamed HTTP response).
 
     Arguments are checked before the first chunk, so a bad format or filter fails before any
     output. The COPY runs in a task feeding a small queue: a slow reader slows the database
-    down instead of filling memory. Closing the iterator early cancels the export.
+    down instead of filling memory. With `stall_timeout`, a reader that takes nothing for that
+    many seconds while the queue is full stops the export: its COPY ends, its connection is
+    freed, and the iterator raises `ExportStalled`. Closing the iterator early stops the
+    export the same way. `raw_csv`: see `export_rows`.
     """
     check_format(format)
     check_tags(tags)
     if query is not None:
         check_query(query)
-    return _iterate(target, format, tags, query, statement_timeout)
+    return _iterate(target, format, tags, query, statement_timeout, stall_timeout, raw_csv)
 
 
 async def _iterate(
-    target: Database | AsyncEngine,
+    target: Database,
     format: str,
     tags: Sequence[str],
     query: str | None,
     statement_timeout: float,
+    stall_timeout: float | None,
+    raw_csv: bool,
 ) -> AsyncGenerator[bytes, None]:
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+    closed = False
 
     async def put(data: bytes) -> None:
-        await queue.put(bytes(data))  # asyncpg hands over bytearrays
+        # Raising here stops the COPY through its sink (`CopySink.stop` closes the connection):
+        # cancelling the task could leave the COPY running unseen (see `_Streams.all`).
+        if closed:
+            raise _Closed
+        try:
+            async with asyncio.timeout(stall_timeout):
+                await queue.put(bytes(data))  # asyncpg hands over bytearrays
+        except TimeoutError:
+            raise ExportStalled(stall_timeout or 0.0) from None
 
     async def produce() -> int:
         try:
-            return await export_to(
+            rows = await export_to(
                 target,
                 put,
                 format=format,
                 tags=tags,
                 query=query,
                 statement_timeout=statement_timeout,
+                raw_csv=raw_csv,
             )
-        finally:
-            await queue.put(None)
+        except BaseException:
+            # the reader may be gone: make room for the end mark, whatever is in the queue
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(None)
+            raise
+        await queue.put(None)
+        return rows
 
     task = asyncio.create_task(produce())
     try:
@@ -474,8 +548,11 @@ async def _iterate(
         await task  # raises what the export raised
     finally:
         if not task.done():
-            task.cancel()
-            # drain so a producer blocked on a full queue can see its cancellation
+            closed = True
+            # room for a producer blocked on a full queue, so it reaches its next chunk
             while not queue.empty():
                 queue.get_nowait()
+            done, _ = await asyncio.wait({task}, timeout=_STOP_GRACE)
+            if not done:
+                task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -3,25 +3,30 @@
 The rules, and why:
 
 - **Validated like an API request**: every row goes through `schemas.TutorialCreate` (plain
-  rows through `validation.fast_fields`, which accepts only what the model accepts, with the
+  rows through `schemas.fast_fields`, which accepts only what the model accepts, with the
   same result). A bad row is rejected with its line number and the model's reason; the good
   rows around it are imported.
 - **A batch commits whole or not at all**: each batch is one unit of work
   (`Database.run`: one transaction, deadlocks and serialization failures retried). A run killed
   at any point leaves only whole batches, and running it again ends with the table a clean run
   gives, because every write is idempotent:
-- **Idempotent**: rows with a url are upserted by it (`on_conflict`: "update" overwrites a row
-  only if something changed, bumping its version; "skip" leaves stored rows alone; "error"
-  rejects the row, reported like a bad one, and the run goes on). Rows without a url have no
-  key, so a url-less row identical (same name, description and tags) to a stored url-less row
-  is that row: it is not inserted again. Importing the same file twice leaves the same table,
-  versions included.
+- **Never erases what it was not given**: a field a row does not give (a CSV without a
+  `description` or `tags` column, an NDJSON object without that key) leaves the stored value as
+  it is; a field given empty (an empty CSV cell, `null`, `[]`) clears it.
+- **Idempotent**: rows with a url are upserted by it (`on_conflict`: "update" writes the
+  fields a row gives, only if something changed, bumping its version; "skip" leaves stored
+  rows alone; "error" rejects the row, reported like a bad one, and the run goes on). Rows
+  without a url have no key, so a url-less row identical (same name, description and tags) to
+  a stored url-less row is that row: it is not inserted again. Importing the same file twice
+  leaves the same table, versions included.
 - **Duplicates in one batch**: one statement cannot upsert the same url twice, so a batch keeps
   one row per url (the last under "update", the first under "skip"; under "error" the later
   ones are rejected) and one of identical url-less rows; the others count as `duplicates`.
 - **Pipelined**: while the database merges batch N, batch N+1 is parsed and validated (the
   reader yields to the event loop every 64 rows), so the import runs at the speed of
-  the slower of the two instead of their sum. Memory: two batches at most.
+  the slower of the two instead of their sum. Memory: two batches at most, and a batch is
+  written once it holds `batch_size` rows or `batch_bytes` of text, whichever comes first
+  (10,000 descriptions of 20,000 characters would otherwise be 200 MB a batch).
 - **max_errors**: the run stops once more than that many rows were rejected. Rows read before
   the stopping row are written; nothing after it is read. A rejection found by the database
   (a conflict under "error") stops the run after its batch; the batch being prepared is dropped.
@@ -34,26 +39,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from tutorials.db.session import Database
+from tutorials.db.database import Connection, Database
 from tutorials.errors import Conflict, InvalidInput
-from tutorials.schemas import TutorialCreate, invalid_input
+from tutorials.limits import DEFAULT_BATCH
+from tutorials.schemas import TutorialCreate, fast_fields, invalid_input
 from tutorials.transfer import sql
 from tutorials.transfer.readers import ByteSource, RowError, SourceRow, reader_for
 from tutorials.transfer.sql import OnConflict, Record
-from tutorials.transfer.validation import fast_fields
 
-#: Rows per batch (one transaction). 10,000 keeps two batches in flight within ~20 MB.
-DEFAULT_BATCH = 10_000
+#: Text per batch (names, urls, descriptions and tags, counted in characters: a byte each for
+#: ASCII): a batch is written when it reaches this or `DEFAULT_BATCH` rows, whichever first.
+DEFAULT_BATCH_BYTES = 8 * 1024 * 1024
 #: The statement and lock timeout of a batch's transaction, in seconds.
 BATCH_TIMEOUT = 300.0
 #: Rejected rows kept in `ImportSummary.errors` (all of them go to `on_error`).
 KEPT_ERRORS = 1000
+#: What a row that is not a mapping gives (all of it).
+_ALL_FIELDS = frozenset(("name", "url", "description", "tags"))
 #: While a batch is being written, give it a turn on the event loop every this many rows.
 _YIELD_EVERY = 64
 ON_CONFLICT_MODES: tuple[OnConflict, ...] = ("update", "skip", "error")
@@ -81,6 +96,9 @@ class ImportSummary:
     errors: list[RowError] = field(default_factory=list)
     #: Why the run ended before the input did (too many errors, unreadable input), or None.
     stopped: str | None = None
+    #: Lines of the input after the point where it broke off (a CSV quote never closed, a
+    #: JSON syntax error), which could not be read as rows: not counted in `rows`.
+    unread_lines: int = 0
 
     @property
     def rows(self) -> int:
@@ -104,17 +122,25 @@ class ImportSummary:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "stopped": self.stopped,
+            "unread_lines": self.unread_lines,
             "errors": [error.to_dict() for error in self.errors],
         }
 
 
-def as_database(target: Database | AsyncEngine) -> Database:
-    """A caller's `Database`, or one around a caller's engine (which the caller still owns)."""
+def _unread(line: int, lines: int) -> str:
+    """Which lines after `line` were not read: all of them, by number."""
+    if lines == 0:
+        return "nothing after it was read"
+    if lines == 1:
+        return f"the line after it ({line + 1:,}) was not read"
+    return f"the {lines:,} lines after it ({line + 1:,} to {line + lines:,}) were not read"
+
+
+def as_database(target: Database) -> Database:
+    """The caller's `Database` (checked: a common mistake is passing an engine or a URL)."""
     if isinstance(target, Database):
         return target
-    if isinstance(target, AsyncEngine):
-        return Database(target)
-    raise TypeError("expected a tutorials Database or a SQLAlchemy AsyncEngine")
+    raise TypeError(f"expected a tutorials Database, not {type(target).__name__}")
 
 
 async def _items(rows: Iterable[RowInput] | AsyncIterable[RowInput]) -> AsyncIterator[RowInput]:
@@ -148,7 +174,7 @@ def _original_text(item: object) -> str | None:
 class _Batch:
     """Rows waiting to be written, one per key (url, or the whole content when url-less)."""
 
-    __slots__ = ("by_url", "origin", "size", "urlless")
+    __slots__ = ("by_url", "origin", "size", "text_size", "urlless")
 
     def __init__(self, keep_origin: bool) -> None:
         self.by_url: dict[str, Record] = {}
@@ -156,6 +182,8 @@ class _Batch:
         #: line -> the input item, kept under "error" to report conflicts with their text.
         self.origin: dict[int, object] | None = {} if keep_origin else None
         self.size = 0
+        #: Characters of text held (name, url, description, tags), for `batch_bytes`.
+        self.text_size = 0
 
     def records(self) -> list[Record]:
         """The rows in input order (a line number is unique, so tuples sort by it)."""
@@ -173,6 +201,7 @@ class _Importer:
         on_progress: Callable[[ImportSummary], None] | None,
         on_error: Callable[[RowError], None] | None,
         batch_timeout: float,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
     ) -> None:
         if on_conflict not in ON_CONFLICT_MODES:
             raise InvalidInput(
@@ -180,11 +209,14 @@ class _Importer:
             )
         if batch_size < 1:
             raise InvalidInput("batch_size must be at least 1")
+        if batch_bytes < 1:
+            raise InvalidInput("batch_bytes must be at least 1")
         if max_errors is not None and max_errors < 0:
             raise InvalidInput("max_errors must be 0 or more")
         self.database = database
         self.on_conflict: OnConflict = on_conflict
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.max_errors = max_errors
         self.on_progress = on_progress
         self.on_error = on_error
@@ -203,7 +235,10 @@ class _Importer:
         if self.on_error is not None:
             self.on_error(error)
         if error.fatal and summary.stopped is None:
-            summary.stopped = f"line {error.line}: {error.reason}; the rest was not read"
+            summary.unread_lines = error.unread
+            summary.stopped = (
+                f"line {error.line}: {error.reason}; {_unread(error.line, error.unread)}"
+            )
         elif (
             self.max_errors is not None
             and summary.rejected > self.max_errors
@@ -218,6 +253,7 @@ class _Importer:
         summary = self.summary
         mode = self.on_conflict
         batch_size = self.batch_size
+        batch_bytes = self.batch_bytes
         validate = TutorialCreate.model_validate
         fast = fast_fields
         batch = self.new_batch()
@@ -239,6 +275,7 @@ class _Importer:
                 if fields is None:
                     if isinstance(data, TutorialCreate):
                         model = data
+                        given: Collection[str] = model.model_fields_set
                     else:
                         try:
                             model = validate(data)
@@ -247,9 +284,20 @@ class _Importer:
                             if summary.stopped is not None:
                                 break
                             continue
+                        given = set(data) if isinstance(data, Mapping) else _ALL_FIELDS
                     fields = (model.name, model.url, model.description, model.tags)
+                else:
+                    given = data  # type: ignore[assignment]  # a dict, by `fast_fields`
                 name, url, description, tags = fields
-                record: Record = (line, name, url, description, tags)
+                record: Record = (
+                    line,
+                    name,
+                    url,
+                    description,
+                    tags,
+                    "description" in given,
+                    "tags" in given,
+                )
                 if url is not None:
                     seen = batch.by_url.get(url)
                     if seen is None or mode == "update":
@@ -277,7 +325,10 @@ class _Importer:
                 if batch.origin is not None:
                     batch.origin[line] = item
                 batch.size += 1
-                if batch.size >= batch_size:
+                batch.text_size += len(name) + len(url or "") + len(description or "")
+                for tag in tags:
+                    batch.text_size += len(tag)
+                if batch.size >= batch_size or batch.text_size >= batch_bytes:
                     if pending is not None:
                         await pending
                         pending = None
@@ -319,14 +370,14 @@ class _Importer:
         """
         direct = self.direct
 
-        async def work(session: AsyncSession) -> sql.BatchOutcome:
-            connection = await sql.begin(session, self.timeout_ms)
+        async def work(connection: Connection) -> sql.BatchOutcome:
+            await sql.set_timeouts(connection, self.timeout_ms)
             return await sql.write_batch(
                 connection, records, on_conflict=self.on_conflict, direct=direct, keys=self.keys
             )
 
         try:
-            outcome = await self.database.run(work)
+            outcome = await self.database.transaction(work)
         except (InvalidInput, Conflict) as exc:
             if direct and isinstance(exc, Conflict):
                 self.direct = False
@@ -351,7 +402,7 @@ class _Importer:
             return _original_text(batch.origin[line])
         for record in batch.records():
             if record[0] == line:
-                name, url, description, tags = record[1:]
+                name, url, description, tags = record[1:5]
                 return json.dumps(
                     {"name": name, "url": url, "description": description, "tags": tags},
                     ensure_ascii=False,
@@ -381,7 +432,7 @@ class _Importer:
 
 
 async def import_rows(
-    target: Database | AsyncEngine,
+    target: Database,
     rows: Iterable[RowInput] | AsyncIterable[RowInput],
     *,
     on_conflict: OnConflict = "update",
@@ -390,16 +441,20 @@ async def import_rows(
     on_progress: Callable[[ImportSummary], None] | None = None,
     on_error: Callable[[RowError], None] | None = None,
     batch_timeout: float = BATCH_TIMEOUT,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> ImportSummary:
     """Import rows into the catalog; returns what happened to them.
 
     `rows` are dicts with the API's fields (`name`, `url`, `description`, `tags`),
     `TutorialCreate`s, or what the readers yield (`SourceRow` / `RowError`, with line numbers);
-    a plain dict's line number is its 1-based position. `target` is a `Database` or an
-    `AsyncEngine` (left open). `on_progress` is called after each committed batch, `on_error`
+    a plain dict's line number is its 1-based position. A field a row does not give (a CSV
+    column that is not there, a key an object leaves out) leaves a stored tutorial's value as it
+    is; one given empty clears it. `on_progress` is called after each committed batch, `on_error`
     for every rejected row. Raises `InvalidInput` for bad arguments or an unreadable header, and
     `Unavailable` if the database fails (the batches committed before stay).
     `batch_timeout` (seconds) bounds each statement of a batch and its waits for locks.
+    A batch is written at `batch_size` rows or `batch_bytes` characters of text, whichever
+    comes first: two batches at most are held at once.
     """
     importer = _Importer(
         as_database(target),
@@ -409,12 +464,13 @@ async def import_rows(
         on_progress=on_progress,
         on_error=on_error,
         batch_timeout=batch_timeout,
+        batch_bytes=batch_bytes,
     )
     return await importer.run(rows)
 
 
 async def import_file(
-    target: Database | AsyncEngine,
+    target: Database,
     source: ByteSource,
     *,
     format: str,
@@ -424,15 +480,36 @@ async def import_file(
     on_progress: Callable[[ImportSummary], None] | None = None,
     on_error: Callable[[RowError], None] | None = None,
     batch_timeout: float = BATCH_TIMEOUT,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    raw_csv: bool = False,
 ) -> ImportSummary:
-    """`import_rows` over a byte stream in `format` (csv, ndjson or json)."""
+    """`import_rows` over a byte stream in `format` (csv, ndjson or json). CSV cells the export
+    neutralised for spreadsheets are restored unless `raw_csv` (see `readers.read_csv`)."""
     return await import_rows(
         target,
-        reader_for(format, source),
+        reader_for(format, source, raw_csv=raw_csv),
         on_conflict=on_conflict,
         batch_size=batch_size,
         max_errors=max_errors,
         on_progress=on_progress,
         on_error=on_error,
         batch_timeout=batch_timeout,
+        batch_bytes=batch_bytes,
     )
+
+
+async def restore_file(
+    target: Database, source: ByteSource, *, statement_timeout: float | None = None
+) -> int:
+    """Restore a backup (`export_rows(..., format="backup")`) into an empty catalog, as it was:
+    ids, timestamps and versions; the number of tutorials restored. All of it or nothing; a
+    catalog with tutorials in it is refused (`Conflict`). See `tutorials.service.restore`;
+    `statement_timeout` (seconds) bounds each statement, the default an hour."""
+    from tutorials import service
+    from tutorials.transfer.readers import read_ndjson
+
+    database = as_database(target)
+    rows = read_ndjson(source)
+    if statement_timeout is None:
+        return await service.restore(database, rows)
+    return await service.restore(database, rows, statement_timeout=statement_timeout)

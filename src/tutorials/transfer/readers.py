@@ -8,6 +8,13 @@ JSON element may grow past `MAX_LINE` characters (it is rejected and skipped ins
 Line numbers are physical lines, 1-based, where the row starts (a CSV record whose quoted field
 holds newlines spans several lines; it is reported at its first).
 
+**When an input breaks off** (a CSV quote that is never closed, a JSON array with a syntax
+error), nothing after the break can be read as rows: where would the next one start? The
+reader then ends with a `fatal` `RowError` at the break that counts every line after it
+(`unread`), and the import's summary says how many lines were not read, so they are never
+dropped in silence. (A CSV quote left open used to swallow every line after it into one
+"malformed" record, or 128 KiB of them and then go on from the middle of the file.)
+
 A sync binary file is read in a worker thread, so a slow pipe on stdin never blocks the event
 loop while a batch transaction is open.
 """
@@ -18,6 +25,7 @@ import asyncio
 import codecs
 import csv
 import json
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import IO, NamedTuple
@@ -33,6 +41,9 @@ MAX_LINE = 1 << 20
 CSV_COLUMNS = ("name", "url", "description", "tags")
 #: Separator of tags inside the CSV `tags` column (validation forbids it inside a tag).
 TAG_SEPARATOR = ";"
+#: A cell the export neutralised for spreadsheets: `'`s, then a character that starts a
+#: formula (`=`, `+`, `-`, `@`, tab, carriage return). See `restore_cell`.
+_NEUTRALISED = re.compile(r"'+[=+@\t\r-]")
 
 ByteSource = AsyncIterable[bytes] | Iterable[bytes] | IO[bytes] | IO[str]
 
@@ -56,13 +67,15 @@ class RowError:
     """A rejected row: its line, why, and its original text (when there was one).
 
     `fatal` means the input cannot be read past this point (e.g. a JSON array with a syntax
-    error): the rows before it stand, the rest of the input is not read.
+    error, a CSV quote never closed): the rows before it stand, the rest of the input is not
+    read, and `unread` counts its lines (those after `line`).
     """
 
     line: int
     reason: str
     text: str | None = None
     fatal: bool = False
+    unread: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {"line": self.line, "reason": self.reason, "text": self.text}
@@ -171,6 +184,14 @@ async def _line_batches(source: ByteSource) -> AsyncIterator[list[str]]:
         yield [pending]
 
 
+async def _count_lines(batches: AsyncIterator[list[str]]) -> int:
+    """The lines left in `batches`, read to the end and counted (never kept)."""
+    count = 0
+    async for lines in batches:
+        count += len(lines)
+    return count
+
+
 def _overlong(line: str) -> bool:
     return len(line) > MAX_LINE and not line.endswith("\n")
 
@@ -215,6 +236,27 @@ def _csv_text(fields: list[str]) -> str:
     return out.getvalue()
 
 
+def restore_cell(cell: str) -> str:
+    """Undo the export's neutralisation of a CSV cell: one `'` off a cell made of `'`s and then
+    a formula character (the export adds exactly that `'`; a cell that starts with `'` and
+    anything else was never changed). Exact for every exported cell, so an export imports back
+    to the same rows; on a hand-made CSV it changes only cells already written that way."""
+    if cell.startswith("'") and _NEUTRALISED.match(cell):
+        return cell[1:]
+    return cell
+
+
+def _never_closed(record: list[str], feed: _LineFeed) -> bool:
+    """Whether a CSV error is a quote left open: a record that ran over several lines and then
+    to the end of the input, or past the longest field `csv` accepts (128 KiB, far beyond any
+    valid field). Anything else (`"a"b`, a stray quote closed later) is one bad record, and
+    reading goes on after it."""
+    if len(record) < 2:
+        return False
+    at_end = feed.eof and feed.pos == len(feed.lines)
+    return at_end or sum(len(part) for part in record) > csv.field_size_limit()
+
+
 def _csv_header(fields: list[str]) -> list[str]:
     columns = [field.strip().lower() for field in fields]
     unknown = [column for column in columns if column not in CSV_COLUMNS]
@@ -230,10 +272,12 @@ def _csv_header(fields: list[str]) -> list[str]:
     return columns
 
 
-async def read_csv(source: ByteSource) -> AsyncIterator[Parsed]:
+async def read_csv(source: ByteSource, *, raw_csv: bool = False) -> AsyncIterator[Parsed]:
     """Rows of a CSV file with a header row naming some of `name,url,description,tags`.
 
     Empty `url` / `description` fields mean none; `tags` are separated by `;` (empty: none).
+    The `'` the export puts before a name, description or tags cell that a spreadsheet would
+    run as a formula is taken off (`restore_cell`), unless `raw_csv`: cells as they are.
     A CSV field cannot tell an empty string from a missing value: both read as none.
     A header that is missing `name` or has an unknown column raises `InvalidInput` before any
     row is read.
@@ -266,7 +310,18 @@ async def read_csv(source: ByteSource) -> AsyncIterator[Parsed]:
             line = base + start + 1
             if columns is None:
                 raise InvalidInput(f"the CSV header (line {line}) cannot be read: {exc}") from None
-            text = "".join(feed.lines[start : feed.pos])
+            record = feed.lines[start : feed.pos]
+            if _never_closed(record, feed):
+                after = feed.pos - start - 1 + len(feed.lines) - feed.pos
+                yield RowError(
+                    line,
+                    "malformed CSV: a quoted field opened on this line is never closed",
+                    record[0].rstrip("\r\n"),
+                    fatal=True,
+                    unread=after + await _count_lines(batches),
+                )
+                return
+            text = "".join(record)
             if any(_overlong(item) for item in feed.lines[start : feed.pos]):
                 yield _too_long(line, text)
             else:
@@ -289,13 +344,17 @@ async def read_csv(source: ByteSource) -> AsyncIterator[Parsed]:
         if len(fields) != width:
             yield RowError(line, f"expected {width} fields, found {len(fields)}", _csv_text(fields))
             continue
-        data: dict[str, object] = {"name": fields[index_name]}
+        name = fields[index_name]
+        data: dict[str, object] = {"name": name if raw_csv else restore_cell(name)}
         if index_url >= 0:
             data["url"] = fields[index_url] or None
         if index_description >= 0:
-            data["description"] = fields[index_description] or None
+            description = fields[index_description]
+            if not raw_csv:
+                description = restore_cell(description)
+            data["description"] = description or None
         if index_tags >= 0:
-            tags = fields[index_tags]
+            tags = fields[index_tags] if raw_csv else restore_cell(fields[index_tags])
             data["tags"] = tags.split(TAG_SEPARATOR) if tags else []
         yield SourceRow(line, data, fields)
 
@@ -341,6 +400,19 @@ async def read_ndjson(source: ByteSource) -> AsyncIterator[Parsed]:
 
 
 _WHITESPACE = " \t\n\r"
+
+
+async def _lines_after(buffer: str, position: int, chunks: AsyncIterator[str]) -> int:
+    """How many lines follow the one holding `buffer[position]`, counting what `chunks` still
+    holds (read to the end, never kept)."""
+    newlines = buffer.count("\n", position)
+    last = buffer[-1:]
+    async for more in chunks:
+        newlines += more.count("\n")
+        last = more[-1:] or last
+    if newlines == 0:
+        return 0
+    return newlines - 1 + (last != "\n")
 
 
 async def read_json(source: ByteSource) -> AsyncIterator[Parsed]:
@@ -394,12 +466,19 @@ async def read_json(source: ByteSource) -> AsyncIterator[Parsed]:
         if buffer[pos] == "]":
             pos += 1
             if await skip_whitespace():
-                yield RowError(line, "invalid JSON: data after the array", None, True)
+                yield RowError(
+                    line,
+                    "invalid JSON: data after the array",
+                    None,
+                    True,
+                    await _lines_after(buffer, pos, chunks),
+                )
             return
         if not first:
             if buffer[pos] != ",":
                 snippet = buffer[pos : pos + 40]
-                yield RowError(line, "invalid JSON: expected ',' or ']'", snippet, True)
+                unread = await _lines_after(buffer, pos, chunks)
+                yield RowError(line, "invalid JSON: expected ',' or ']'", snippet, True, unread)
                 return
             pos += 1
             if not await skip_whitespace():
@@ -415,7 +494,8 @@ async def read_json(source: ByteSource) -> AsyncIterator[Parsed]:
                 value, end = _PLAIN.raw_decode(buffer, pos)
                 refused = str(exc)
             except RecursionError:
-                yield RowError(line, _TOO_DEEP, buffer[pos : pos + 200], True)
+                unread = await _lines_after(buffer, pos, chunks)
+                yield RowError(line, _TOO_DEEP, buffer[pos : pos + 200], True, unread)
                 return
             except json.JSONDecodeError as exc:
                 # near the end of what was read, the element may just continue in the next
@@ -429,7 +509,8 @@ async def read_json(source: ByteSource) -> AsyncIterator[Parsed]:
                     if len(buffer) - pos > MAX_LINE
                     else f"invalid JSON: {exc.msg}"
                 )
-                yield RowError(where, reason, buffer[pos : pos + 200], True)
+                unread = await _lines_after(buffer, exc.pos, chunks)
+                yield RowError(where, reason, buffer[pos : pos + 200], True, unread)
                 return
             # a number or literal may continue in the next chunk: read on, parse again
             partial = not isinstance(value, dict | list | str)
@@ -451,8 +532,10 @@ async def read_json(source: ByteSource) -> AsyncIterator[Parsed]:
 READERS = {"csv": read_csv, "ndjson": read_ndjson, "json": read_json}
 
 
-def reader_for(format: str, source: ByteSource) -> AsyncIterator[Parsed]:
-    """The reader of `format` (csv, ndjson or json) over `source`."""
+def reader_for(format: str, source: ByteSource, *, raw_csv: bool = False) -> AsyncIterator[Parsed]:
+    """The reader of `format` (csv, ndjson or json) over `source`; `raw_csv`: see `read_csv`."""
+    if format == "csv":
+        return read_csv(source, raw_csv=raw_csv)
     try:
         return READERS[format](source)
     except KeyError:

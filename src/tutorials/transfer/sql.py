@@ -12,12 +12,13 @@ Import, per batch, in the caller's transaction (one unit of work):
 3. The fast path, while urls keep being new (a first import): one binary COPY of the new rows
    straight into `tutorials`, PostgreSQL's bulk insert path, as `psql \\copy` does. A url
    already there fails it (unique violation) and the batch is run again on the safe path:
-4. the whole batch staged, then one `INSERT INTO tutorials ... SELECT ... FROM tutorials_import
-   ORDER BY line ON CONFLICT (url) ...`, counting inserted and updated rows in a CTE instead of
-   returning them. Updates happen only when something changed, and then bump `version` and
-   `updated_at`. Both paths keep the input's order, so ids follow the file.
+4. the whole batch staged, rows equal to what is stored dropped, then the stored tutorials with
+   a staged url updated with the fields each row gives (`UPDATE ... FROM`: a field the input
+   did not give keeps its stored value), and the rest inserted in input order with
+   `ON CONFLICT (url) DO NOTHING`; a url another import added in between goes round again.
+   Both paths keep the input's order, so ids follow the file.
 
-Concurrent imports: ON CONFLICT settles races on url; two batches upserting the same urls in
+Concurrent imports: ON CONFLICT settles races on url; two batches updating the same urls in
 different orders can deadlock, which PostgreSQL detects and the unit of work retries (40P01).
 
 Export runs `COPY (SELECT ...) TO STDOUT` in a REPEATABLE READ, READ ONLY transaction: CSV as
@@ -32,23 +33,29 @@ as many connections, each importing the first one's snapshot (`pg_export_snapsho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import asyncpg
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+
+from tutorials.db.database import Connection
+from tutorials.repository import FIELDS
 
 OnConflict = Literal["update", "skip", "error"]
-ExportFormat = Literal["csv", "ndjson", "json"]
+ExportFormat = Literal["csv", "ndjson", "json", "backup"]
 
-#: An import's batch is one row of this: (line, name, url, description, tags).
-Record = tuple[int, str, str | None, str | None, list[str]]
+#: An import's batch is one row of this: (line, name, url, description, tags, has_description,
+#: has_tags). The flags say whether the input gave that field at all: a field it did not give
+#: leaves a stored tutorial's value alone; one it gave empty clears it.
+Record = tuple[int, str, str | None, str | None, list[str], bool, bool]
 
 STAGING = "tutorials_import"
-STAGING_COLUMNS = ("line", "name", "url", "description", "tags")
+STAGING_COLUMNS = ("line", "name", "url", "description", "tags", "has_description", "has_tags")
+#: The columns a new tutorial gets from a record (a field not given is NULL / no tags).
+INSERTED_COLUMNS = ("name", "url", "description", "tags")
 
 #: Held (per transaction) while url-less rows are matched and inserted: the bytes of "tutimprt".
 URLLESS_LOCK_KEY = 0x747574696D707274
@@ -59,13 +66,15 @@ CREATE TEMP TABLE {STAGING} (
     name text NOT NULL,
     url text,
     description text,
-    tags text[] NOT NULL
+    tags text[] NOT NULL,
+    has_description boolean NOT NULL,
+    has_tags boolean NOT NULL
 ) ON COMMIT DROP
 """
 
-_TIMEOUTS = text(
-    "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
-)
+#: This transaction's deadlines (`SET LOCAL`, so PgBouncer-safe): a batch, or a whole export,
+#: may outlast the per-request defaults, and imports of the same urls wait on each other's locks.
+_TIMEOUTS = "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true)"
 
 _LOCK_URLLESS = "SELECT pg_advisory_xact_lock($1)"
 
@@ -101,17 +110,34 @@ WHERE i.line = candidate.line
 RETURNING i.line
 """
 
-#: Rows equal to what is stored, dropped before the upsert: ON CONFLICT DO UPDATE locks every
-#: conflicting row even when its WHERE says "unchanged" (a write and WAL per row); this join
-#: through the url index only reads.
+#: Rows equal to what is stored (in the fields they give), dropped before the update: updating
+#: them would lock each row and write it again for nothing; this join through the url index
+#: only reads.
 _DROP_UNCHANGED = f"""
 DELETE FROM {STAGING} AS i
 USING tutorials AS t
 WHERE i.url IS NOT NULL
   AND t.url = i.url
   AND t.name = i.name
-  AND t.tags = i.tags
-  AND t.description IS NOT DISTINCT FROM i.description
+  AND (NOT i.has_tags OR t.tags = i.tags)
+  AND (NOT i.has_description OR t.description IS NOT DISTINCT FROM i.description)
+"""
+
+#: Stored tutorials with a staged url take the fields the row gives (the others stay as they
+#: are), one new version each; the staged rows written are removed, leaving the new ones.
+_UPDATE_EXISTING = f"""
+WITH updated AS (
+    UPDATE tutorials AS t
+    SET name = i.name,
+        description = CASE WHEN i.has_description THEN i.description ELSE t.description END,
+        tags = CASE WHEN i.has_tags THEN i.tags ELSE t.tags END,
+        version = t.version + 1,
+        updated_at = now()
+    FROM {STAGING} AS i
+    WHERE i.url IS NOT NULL AND t.url = i.url
+    RETURNING i.line
+)
+DELETE FROM {STAGING} AS i USING updated WHERE i.line = updated.line
 """
 
 _INSERT = f"""
@@ -119,23 +145,7 @@ INSERT INTO tutorials AS t (name, url, description, tags)
 SELECT name, url, description, tags FROM {STAGING} ORDER BY line
 """
 
-_UPSERT_UPDATE = f"""
-WITH written AS (
-    {_INSERT}
-    ON CONFLICT (url) DO UPDATE
-    SET name = excluded.name,
-        description = excluded.description,
-        tags = excluded.tags,
-        version = t.version + 1,
-        updated_at = now()
-    WHERE (t.name, t.description, t.tags)
-          IS DISTINCT FROM (excluded.name, excluded.description, excluded.tags)
-    RETURNING t.xmax = 0 AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted) AS inserted,
-       count(*) FILTER (WHERE NOT inserted) AS updated
-FROM written
-"""
+_DELETE_STAGED = f"DELETE FROM {STAGING} AS i WHERE i.line <> ALL($1::bigint[])"
 
 _UPSERT_SKIP = f"""
 WITH written AS (
@@ -146,7 +156,10 @@ WITH written AS (
 SELECT count(*) AS inserted, 0::bigint AS updated FROM written
 """
 
-_UPSERT_ERROR = f"""
+#: The staged rows go in, except those whose url is already stored: their lines come back
+#: (under "error" they are rejected; under "update", another import added those urls since the
+#: update above, and they go round again).
+_INSERT_NEW = f"""
 WITH written AS (
     {_INSERT}
     ON CONFLICT (url) DO NOTHING
@@ -194,7 +207,7 @@ class UrllessKeys:
     watermark: int = 0
 
 
-async def _refresh(connection: asyncpg.Connection, keys: UrllessKeys) -> None:
+async def _refresh(connection: Connection, keys: UrllessKeys) -> None:
     query = _STORED_KEYS.format(watermark=int(keys.watermark))
     highest = keys.watermark
     ids = keys.ids
@@ -204,7 +217,7 @@ async def _refresh(connection: asyncpg.Connection, keys: UrllessKeys) -> None:
     keys.watermark = highest
 
 
-async def _match_urlless(connection: asyncpg.Connection, keys: UrllessKeys) -> list[int]:
+async def _match_urlless(connection: Connection, keys: UrllessKeys) -> list[int]:
     """Delete from the staging table the url-less rows identical to stored ones; their lines."""
     await connection.fetchval(_LOCK_URLLESS, URLLESS_LOCK_KEY)
     await _refresh(connection, keys)
@@ -221,24 +234,13 @@ async def _match_urlless(connection: asyncpg.Connection, keys: UrllessKeys) -> l
     return sorted(row[0] for row in await connection.fetch(_MATCH_URLLESS, lines, candidates))
 
 
-async def begin(session: AsyncSession, timeout_ms: int) -> asyncpg.Connection:
-    """The session's asyncpg connection, inside its transaction, with this transaction's timeouts.
-
-    SQLAlchemy's asyncpg adapter opens its transaction on the first statement it runs, so the
-    timeouts go through the session first; only then is the raw connection inside it. The
-    timeouts are `SET LOCAL` (PgBouncer-safe): a batch, or a whole export, may outlast the
-    per-request defaults, and imports of the same urls wait on each other's row locks.
-    """
-    await session.execute(_TIMEOUTS, {"ms": str(timeout_ms)})
-    connection = await session.connection()
-    raw = (await connection.get_raw_connection()).driver_connection
-    if not isinstance(raw, asyncpg.Connection):
-        raise TypeError("bulk transfer needs the asyncpg driver")
-    return raw
+async def set_timeouts(connection: Connection, timeout_ms: int) -> None:
+    """This transaction's statement and lock timeouts (see `_TIMEOUTS`)."""
+    await connection.execute(_TIMEOUTS, str(timeout_ms))
 
 
 async def write_batch(
-    connection: asyncpg.Connection,
+    connection: Connection,
     records: Sequence[Record],
     *,
     on_conflict: OnConflict,
@@ -265,36 +267,93 @@ async def write_batch(
     if direct:
         known = set(matched)
         fresh = [
-            record[1:] for record in records if record[2] is not None or record[0] not in known
+            record[1:5] for record in records if record[2] is not None or record[0] not in known
         ]
         if fresh:
             await connection.copy_records_to_table(
-                "tutorials", records=fresh, columns=STAGING_COLUMNS[1:]
+                "tutorials", records=fresh, columns=INSERTED_COLUMNS
             )
         return BatchOutcome(len(fresh), 0, matched, [])
     if on_conflict == "error":
-        conflicts = [row[0] for row in await connection.fetch(_UPSERT_ERROR)]
+        conflicts = [row[0] for row in await connection.fetch(_INSERT_NEW)]
         inserted = len(records) - len(matched) - len(conflicts)
         return BatchOutcome(inserted, 0, matched, conflicts)
-    if on_conflict == "update":
+    if on_conflict == "skip":
+        row = await connection.fetchrow(_UPSERT_SKIP)
+        assert row is not None
+        return BatchOutcome(int(row["inserted"]), 0, matched, [])
+    await connection.execute(_DROP_UNCHANGED)
+    inserted = updated = 0
+    for _ in range(_UPSERT_ROUNDS):
+        updated += _count(await connection.execute(_UPDATE_EXISTING))
+        remaining = await connection.fetchval(f"SELECT count(*) FROM {STAGING}")
+        raced = [row[0] for row in await connection.fetch(_INSERT_NEW)]
+        inserted += remaining - len(raced)
+        if not raced:
+            break
+        # Another import inserted these urls meanwhile: update them like the others.
+        await connection.execute(_DELETE_STAGED, raced)
         await connection.execute(_DROP_UNCHANGED)
-    statement = _UPSERT_UPDATE if on_conflict == "update" else _UPSERT_SKIP
-    row = await connection.fetchrow(statement)
-    assert row is not None
-    return BatchOutcome(int(row["inserted"]), int(row["updated"]), matched, [])
+    return BatchOutcome(inserted, updated, matched, [])
+
+
+#: How many times a batch goes round update-then-insert when other imports keep adding its urls.
+_UPSERT_ROUNDS = 5
+
+
+def _count(status: str) -> int:
+    """The row count of a command status (`DELETE 12`)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 # -- export ------------------------------------------------------------------------------------
 
-#: The export's transaction: one snapshot for every stream (`export_snapshot` shares it).
-_EXPORT_TRANSACTION = text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 #: What `pg_export_snapshot()` returns (e.g. `00000003-0000001B-1`): checked before it is
 #: formatted into SET TRANSACTION SNAPSHOT, which takes no parameters.
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+(?:-[0-9A-F]+)+")
 
 _FILTERED = " FROM tutorials{where} ORDER BY tutorial_id"
 
-_EXPORT_CSV = "SELECT name, url, description, array_to_string(tags, ';') AS tags" + _FILTERED
+#: The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV
+#: injection"): `=`, `+`, `-`, `@`, tab and carriage return.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: The same as code points (`ascii()` of a cell: an integer test, no string made per row; 39
+#: is `'`) and as a regex bracket expression.
+_FORMULA_CODES = tuple(ord(char) for char in FORMULA_STARTS)
+_FORMULA_CLASS = r"[=+@\t\r-]"
+
+
+def _neutralised(value: str, start: str | None = None) -> str:
+    """`value`, safe in a spreadsheet: a `'` put before a cell that starts with a formula
+    character, or with `'`s followed by one (so that import can undo exactly this, see
+    `readers.restore_cell`). `start`: an expression the cell starts with, cheaper to test
+    (the first tag, for the tags cell).
+
+    Written for the COPY's speed: most cells start with a letter, above every formula code,
+    and are settled by one `ascii()` and one comparison; the regex runs only on cells that
+    start with `'`. It is not free: on 500,000 rows the server executes the SELECT in 0.28 s
+    against 0.14 s without it (about 0.3 µs a row; `left(...) IN (...)` took 0.52 s), while
+    the whole COPY to the client takes 0.5-0.8 s (benchmarks/csv_neutralise.py).
+    """
+    start = start or value
+    first = f"ascii({start})"
+    codes = ", ".join(str(code) for code in _FORMULA_CODES)
+    quoted = f"({first} = 39 AND {start} ~ E'^''+{_FORMULA_CLASS}')"
+    return (
+        f"CASE WHEN {first} > {max(_FORMULA_CODES)} THEN {value} "
+        f"WHEN {first} IN ({codes}) OR {quoted} THEN '''' || {value} ELSE {value} END"
+    )
+
+
+_TAGS_CELL = "array_to_string(tags, ';')"
+#: CSV exactly as stored (`raw_csv`), and neutralised for spreadsheets (the default).
+_EXPORT_CSV_RAW = "SELECT name, url, description, array_to_string(tags, ';') AS tags" + _FILTERED
+_EXPORT_CSV = (
+    f"SELECT {_neutralised('name')} AS name, "
+    "url, "  # a url starts with its scheme (validation): never a formula
+    f"{_neutralised('description')} AS description, "
+    f"{_neutralised(_TAGS_CELL, 'tags[1]')} AS tags" + _FILTERED
+)
 
 # Compact JSON, built by concatenation: ~20 % cheaper for the server than json_build_object.
 _EXPORT_NDJSON = (
@@ -303,6 +362,22 @@ _EXPORT_NDJSON = (
     "|| ',\"description\":' || coalesce(to_json(description)::text, 'null') "
     "|| ',\"tags\":' || to_json(tags) || '}'" + _FILTERED
 )
+
+#: A backup: every column a restore needs to give the table back as it was (ids, timestamps in
+#: UTC, versions), one JSON object per line, after `BACKUP_HEADER`. Timestamps are written by
+#: PostgreSQL (`to_json`, microseconds, an offset), so they read back exactly.
+_EXPORT_BACKUP = (
+    "SELECT '{\"tutorial_id\":' || tutorial_id "
+    "|| ',\"name\":' || to_json(name) "
+    "|| ',\"url\":' || coalesce(to_json(url)::text, 'null') "
+    "|| ',\"description\":' || coalesce(to_json(description)::text, 'null') "
+    "|| ',\"tags\":' || to_json(tags) "
+    "|| ',\"created_at\":' || to_json(created_at) "
+    "|| ',\"updated_at\":' || to_json(updated_at) "
+    "|| ',\"version\":' || version || '}'" + _FILTERED
+)
+#: The first line of a backup: what it is, and the version of its layout.
+BACKUP_HEADER = b'{"tutorials_backup":1}\n'
 
 # CSV as PostgreSQL writes it; NDJSON passes through CSV mode with a quote and delimiter that
 # JSON text cannot contain, so every line goes out unquoted, exactly as the server made it.
@@ -318,31 +393,34 @@ IdRange = tuple[int | None, int | None]
 WHOLE: IdRange = (None, None)
 
 
-async def begin_export(
-    session: AsyncSession, timeout_ms: int, *, snapshot: str | None = None
-) -> asyncpg.Connection:
-    """The session's asyncpg connection in a REPEATABLE READ, READ ONLY transaction.
+async def prepare_export(
+    connection: Connection, timeout_ms: int, *, snapshot: str | None = None
+) -> None:
+    """Ready this REPEATABLE READ, READ ONLY transaction (`Database.stream`) for an export.
 
     Every statement of the export then sees one snapshot; with `snapshot` (from
     `export_snapshot` in another transaction, still open) it is that transaction's, so that
-    several streams export one consistent table. Both SETs must come before any query, the
-    timeouts' SELECT included.
+    several streams export one consistent table. SET TRANSACTION SNAPSHOT must come before any
+    query, the timeouts' included.
     """
-    await session.execute(_EXPORT_TRANSACTION)
     if snapshot is not None:
         if not _SNAPSHOT_ID.fullmatch(snapshot):
             raise ValueError(f"not a snapshot id: {snapshot!r}")
-        await session.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
-    return await begin(session, timeout_ms)
+        await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+    await set_timeouts(connection, timeout_ms)
+    await connection.execute(_UTC)  # a backup's timestamps, whatever the server's time zone
 
 
-async def export_snapshot(connection: asyncpg.Connection) -> str:
+_UTC = "SELECT set_config('TimeZone', 'UTC', true)"
+
+
+async def export_snapshot(connection: Connection) -> str:
     """This transaction's snapshot, for other transactions to share while it stays open."""
     snapshot = await connection.fetchval("SELECT pg_export_snapshot()")
     return str(snapshot)
 
 
-async def split_ids(connection: asyncpg.Connection, parts: int, min_rows: int) -> list[IdRange]:
+async def split_ids(connection: Connection, parts: int, min_rows: int) -> list[IdRange]:
     """The table cut into `parts` id ranges of equal width (fewer when it is small).
 
     The ends come from the primary key (two index probes); ids are an identity, so equal
@@ -426,13 +504,15 @@ class CopySink:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.failure: Exception | None = None
-        self.connection: asyncpg.Connection | None = None
+        self.connection: Connection | None = None
 
     def stop(self, failure: Exception) -> None:
         if self.failure is None:
             self.failure = failure
             if self.connection is not None:
-                self.connection.terminate()
+                # Already closed if asyncpg cut the pool's proxy off from it.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    self.connection.terminate()
 
     async def __call__(self, data: bytes) -> None:
         if self.failure is not None:
@@ -447,7 +527,7 @@ class CopySink:
 
 
 async def copy_out(
-    connection: asyncpg.Connection,
+    connection: Connection,
     sink: Sink | CopySink,
     *,
     format: ExportFormat,
@@ -456,19 +536,22 @@ async def copy_out(
     time_limit: float,
     ids: IdRange = WHOLE,
     header: bool = True,
+    raw_csv: bool = False,
 ) -> int:
     """Stream the matching tutorials (in `ids`), oldest first, to `sink`; the rows sent.
 
     `json` is NDJSON here; the caller turns the lines into an array. `header`: the CSV header
-    line first. `time_limit` (seconds) bounds the whole COPY on the client too: asyncpg would
-    otherwise apply the connection's `command_timeout`, a per-request figure, to all of it.
+    line first. CSV cells are neutralised for spreadsheets (`_neutralised`) unless `raw_csv`.
+    `time_limit` (seconds) bounds the whole COPY on the client too: asyncpg would otherwise
+    apply the connection's `command_timeout`, a per-request figure, to all of it.
     Raises `CopyStopped` when the sink failed or the COPY was stopped (see `CopySink`).
     """
     guard = sink if isinstance(sink, CopySink) else CopySink(sink)
     if guard.failure is not None:  # stopped before it started
         raise CopyStopped(guard.failure, connection_closed=False)
     where, args = _where(tags, query, ids)
-    template = _EXPORT_CSV if format == "csv" else _EXPORT_NDJSON
+    csv_template = _EXPORT_CSV_RAW if raw_csv else _EXPORT_CSV
+    template = {"csv": csv_template, "backup": _EXPORT_BACKUP}.get(format, _EXPORT_NDJSON)
     options = dict(_COPY_OPTIONS["csv" if format == "csv" else "ndjson"])
     if format == "csv":
         options["header"] = header
@@ -490,3 +573,93 @@ async def copy_out(
     if guard.failure is not None:
         raise CopyStopped(guard.failure, connection_closed=True)
     return int(status.split()[-1])
+
+
+# -- restore -----------------------------------------------------------------------------------
+
+RESTORE_STAGING = "tutorials_restore"
+#: A restored row: (line, tutorial_id, name, url, description, tags, created_at, updated_at,
+#: version), the columns of `RESTORE_STAGING` in order.
+RESTORE_COLUMNS = ("line", *FIELDS)
+RestoreRecord = tuple[int, int, str, str | None, str | None, list[str], Any, Any, int]
+
+_CREATE_RESTORE = f"""
+CREATE TEMP TABLE {RESTORE_STAGING} (
+    line bigint NOT NULL,
+    tutorial_id bigint NOT NULL,
+    name text NOT NULL,
+    url text,
+    description text,
+    tags text[] NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    version integer NOT NULL
+) ON COMMIT DROP
+"""
+
+#: Held until the restore commits: writers wait (so "empty" stays true), readers do not, and a
+#: second restore waits for the first (the mode conflicts with itself).
+_LOCK_FOR_RESTORE = "LOCK TABLE tutorials IN SHARE ROW EXCLUSIVE MODE"
+
+#: The first value of `column` that two staged rows share, with both lines.
+_RESTORE_DUPLICATE = f"""
+SELECT {{column}}::text, min(line), max(line) FROM {RESTORE_STAGING}
+WHERE {{column}} IS NOT NULL GROUP BY {{column}} HAVING count(*) > 1 ORDER BY min(line) LIMIT 1
+"""
+
+_RESTORE = f"""
+INSERT INTO tutorials
+    (tutorial_id, name, url, description, tags, created_at, updated_at, version)
+SELECT tutorial_id, name, url, description, tags, created_at, updated_at, version
+FROM {RESTORE_STAGING} ORDER BY tutorial_id
+"""
+
+#: The identity goes on after the highest id restored, and never back: an id that named a
+#: tutorial once (and was deleted since) is not handed out again.
+_ADVANCE_IDS = """
+SELECT setval(sequence, greatest(highest, coalesce(pg_sequence_last_value(sequence), 0)))
+FROM (
+    SELECT pg_get_serial_sequence('tutorials', 'tutorial_id')::regclass AS sequence,
+           max(tutorial_id) AS highest
+    FROM tutorials
+) AS ids
+WHERE highest IS NOT NULL
+"""
+
+
+async def begin_restore(connection: Connection, timeout_ms: int) -> int:
+    """Lock the table against writers and count its rows; when there are none, make the
+    staging table. In the caller's transaction."""
+    await set_timeouts(connection, timeout_ms)
+    await connection.execute(_LOCK_FOR_RESTORE)
+    stored = int(await connection.fetchval("SELECT count(*) FROM tutorials"))
+    if stored == 0:
+        await connection.execute(_CREATE_RESTORE)
+    return stored
+
+
+async def stage_restore(
+    connection: Connection, records: Sequence[RestoreRecord], time_limit: float
+) -> None:
+    """COPY validated rows into the staging table (binary). `time_limit` (seconds) bounds the
+    COPY on the client too, as in `copy_out`."""
+    await connection.copy_records_to_table(
+        RESTORE_STAGING, records=records, columns=RESTORE_COLUMNS, timeout=time_limit
+    )
+
+
+async def restore_duplicate(connection: Connection) -> tuple[str, str, int, int] | None:
+    """(column, value, first line, second line) of two staged rows with the same id or url."""
+    for column in ("tutorial_id", "url"):
+        row = await connection.fetchrow(_RESTORE_DUPLICATE.format(column=column))
+        if row is not None:
+            return column, str(row[0]), int(row[1]), int(row[2])
+    return None
+
+
+async def finish_restore(connection: Connection, time_limit: float) -> int:
+    """Insert the staged rows as they are (ids, timestamps, versions), move the identity past
+    them; the rows inserted."""
+    status = await connection.execute(_RESTORE, timeout=time_limit)
+    await connection.execute(_ADVANCE_IDS, timeout=time_limit)
+    return _count(status)
