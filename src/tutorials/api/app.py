@@ -18,18 +18,24 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
-from sqlalchemy.pool import Pool
 from starlette.middleware.cors import CORSMiddleware
 
-from tutorials.api import health, problems, routes, transfer
-from tutorials.api.bodies import TutorialCreateBody, TutorialPatchBody
-from tutorials.api.dispatch import DirectRoutes
+from tutorials.api import browse, consistency, docs, health, problems, routes, transfer
+from tutorials.api.consistency import ConsistencyMiddleware
 from tutorials.api.metrics import HttpMetrics
-from tutorials.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from tutorials.api.middleware import (
+    AllowedHostsMiddleware,
+    BodyLimitMiddleware,
+    HeadLimitsMiddleware,
+    HeadMiddleware,
+    RequestContextMiddleware,
+)
 from tutorials.api.openapi import build
-from tutorials.api.security import WriteGuard
+from tutorials.api.security import WriteGuard, WriteGuardMiddleware, open_routes
+from tutorials.db.budget import check_budget, check_timeouts
+from tutorials.db.database import Database
 from tutorials.db.migrate import head_revision, schema_is_current
-from tutorials.db.session import Database, connect
+from tutorials.db.session import connect
 from tutorials.errors import classify
 from tutorials.settings import Settings, get_settings
 
@@ -71,8 +77,12 @@ async def open_database(settings: Settings) -> Database:
             raise
         raise domain from exc
     try:
-        current = await schema_is_current(database.engine)
+        current = await schema_is_current(database)
         await asyncio.to_thread(head_revision)  # read the scripts once, off the event loop
+        await check_budget(database)  # warnings only: see tutorials.db.budget
+        await check_timeouts(database)
+        if database.replicas is not None:  # route informed from the first request on
+            await database.replicas.ready(within=settings.connect_timeout)
     except BaseException as exc:
         await database.dispose()
         domain = classify(exc) if isinstance(exc, Exception) else None
@@ -106,7 +116,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         version=_package_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # tutorials.api.docs serves /docs from shipped files
         redoc_url=None,
         openapi_url="/openapi.json",
         telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
@@ -117,12 +127,15 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.state.search_candidates = settings.search_candidates
     app.state.ready_timeout = settings.connect_timeout + settings.pool_timeout
     app.state.write_guard = WriteGuard(settings.api_tokens)
+    app.state.export_stall_timeout = settings.export_stall_timeout
+    app.state.import_batch_bytes = settings.import_batch_bytes
+    app.state.import_slots = transfer.ImportSlots(settings.max_concurrent_imports)
 
-    def current_pool() -> Pool | None:
+    def pool_stats() -> tuple[int, int, int] | None:
         found: Database | None = getattr(app.state, "database", None)
-        return found.engine.pool if found is not None else None
+        return found.pool_stats() if found is not None else None
 
-    metrics = HttpMetrics(current_pool)
+    metrics = HttpMetrics(pool_stats)
     app.state.metrics = metrics
 
     problems.install(app)
@@ -130,18 +143,28 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     # can match another's (`{tutorial_id:int}` is digits only; import/export are literal).
     app.include_router(routes.router)
     app.include_router(transfer.router)
+    app.include_router(browse.router)
     app.include_router(health.router)
     _include_web(app)
+    docs.install(app)
 
-    # Added innermost first: the tutorial routes are served right inside the body limit, the
-    # request context wraps everything, CORS answers preflights before the body limit.
-    app.add_middleware(
-        DirectRoutes, routes=routes.router.routes, exception_handlers=app.exception_handlers
-    )
+    # Added innermost first: the write guard refuses a write without a token before its body
+    # is read (and answers inside CORS, so a browser sees why); the request context wraps
+    # everything but HEAD's translation, so it logs the method the client sent.
+    # `settings.allowed_hosts` unset means any host here; `tutorials serve` sets the loopback
+    # names when it binds a loopback address (the bind is its to know, not the app's).
+    if _may_have_replicas(settings, database):
+        app.add_middleware(ConsistencyMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
         path_limits={transfer.IMPORT_PATH: settings.max_import_bytes},
+        timeout=settings.body_timeout,
+    )
+    app.add_middleware(
+        WriteGuardMiddleware,
+        guard=app.state.write_guard,
+        open_routes=open_routes(app),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -154,23 +177,48 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
                 "If-Match",
                 "If-None-Match",
                 "X-Request-ID",
+                consistency.READ_AFTER,
             ],
-            expose_headers=["ETag", "Location", "Retry-After", "X-Request-ID"],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "Retry-After",
+                "X-Request-ID",
+                consistency.COMMIT,
+            ],
             max_age=600,
         )
+    # Bounds on the request head, then the host check, right inside the request context (so
+    # their refusals carry a request id and are logged and counted like any answer).
+    app.add_middleware(
+        HeadLimitsMiddleware,
+        max_headers=settings.max_headers,
+        max_header_bytes=settings.max_header_bytes,
+        max_query_params=settings.max_query_params,
+    )
+    if settings.allowed_hosts is not None and "*" not in settings.allowed_hosts:
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(HeadMiddleware)
 
     secured = app.state.write_guard.enabled
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build(
-                app, secured=secured, extra_models=(TutorialCreateBody, TutorialPatchBody)
-            )
+            app.openapi_schema = build(app, secured=secured)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _may_have_replicas(settings: Settings, database: Database | None) -> bool:
+    """Whether reads may be routed to replicas, hence whether the read-your-writes headers
+    mean anything (`tutorials.api.consistency`). Without, the app pays nothing for them."""
+    if database is not None:
+        return database.replicas is not None
+    # Opened by the lifespan: replicas configured, or the embedded server's, found then.
+    return bool(settings.replica_urls) or settings.database_url is None
 
 
 def _include_web(app: FastAPI) -> None:

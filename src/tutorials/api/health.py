@@ -4,6 +4,12 @@
 a healthy process restarted). `/readyz` says this process can serve now: the database answers
 and its schema is at the migrations' head; otherwise 503 with `Retry-After`, so a load balancer
 takes it out of rotation. `/metrics` is Prometheus text.
+
+With read replicas, readiness is the primary's (the check runs there: writes need it, and
+reads fall back to it), and the body reports the routing: `"primary": "reachable"` and each
+replica's state (`streaming`, `lagging`, `down`, `not a replica`), lag and replay position, by
+its place in `TUTORIALS_REPLICA_URLS` (never its URL: readiness answers anyone). A replica that
+is down never makes the process unready: its reads go to the primary.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from starlette.responses import Response
 from tutorials.api.metrics import HttpMetrics
 from tutorials.api.openapi import problems
 from tutorials.api.problems import problem_response, unavailable_headers
-from tutorials.api.routes import database_of
+from tutorials.api.routes import DatabaseDep
 from tutorials.db.migrate import schema_is_current
 from tutorials.errors import classify
 
@@ -29,6 +35,22 @@ logger = logging.getLogger("tutorials.api")
 
 class Status(BaseModel):
     status: str
+
+
+class ReplicaReport(BaseModel):
+    replica: int
+    state: str
+    lag_ms: float | None
+    replay_lsn: str | None
+    error: str | None
+
+
+class Readiness(BaseModel):
+    """`{"status": "ready"}`; with read replicas also the primary's state and the replicas'."""
+
+    status: str
+    primary: str | None = None
+    replicas: list[ReplicaReport] | None = None
 
 
 _OK = Status(status="ok").model_dump_json().encode()
@@ -43,15 +65,15 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     summary="Readiness: the database answers and its schema is current",
-    response_model=Status,
+    response_model=Readiness,
+    response_model_exclude_none=True,
     responses=problems(503),
 )
-async def readyz(request: Request) -> Response:
-    database = database_of(request)
+async def readyz(request: Request, database: DatabaseDep) -> Response:
     seconds: float = request.app.state.ready_timeout
     try:
         async with asyncio.timeout(seconds):
-            current = await schema_is_current(database.engine)
+            current = await schema_is_current(database)
     except TimeoutError:
         return _not_ready(request, f"the database did not answer within {seconds:g} s")
     except Exception as exc:  # readiness must answer, whatever the failure
@@ -62,7 +84,11 @@ async def readyz(request: Request) -> Response:
         return _not_ready(request, detail)
     if not current:
         return _not_ready(request, "the database schema is not at the migrations' head")
-    return Response(_READY, media_type="application/json")
+    if database.replicas is None:
+        return Response(_READY, media_type="application/json")
+    replicas = [ReplicaReport(**vars(each)) for each in database.replicas.status()]
+    body = Readiness(status="ready", primary="reachable", replicas=replicas)
+    return Response(body.model_dump_json().encode(), media_type="application/json")
 
 
 def _not_ready(request: Request, detail: str) -> Response:

@@ -1,16 +1,17 @@
 """The OpenAPI document: complete and true, so a tool can check the implementation against it.
 
-Routes declare what they return with the small helpers here (`problems(404, 422)`,
-`with_etag(...)`, `body(...)`, `query(...)`); `build` then finishes the document FastAPI
-generates: every error response becomes `application/problem+json` with the `Problem` schema
-(FastAPI would say `application/json` and its own 422 shape), the exact wire schemas of request
-bodies are added, 503s carry `Retry-After`, and — only when tokens are configured — writes
-declare the bearer scheme and their 401.
+FastAPI writes it from the routes' declarations (parameters, bodies, response models). What
+it cannot derive is finished here, and only that: routes declare the statuses they answer with
+`problems(404, 422)` and `with_etag(...)`; `build` then makes every error response
+`application/problem+json` with the `Problem` schema (FastAPI would say `application/json` and
+its own 422 shape), gives 503s their `Retry-After`, lifts `allowEmptyValue` from a parameter's
+schema onto the parameter (`params.Limit`), and — only when tokens are configured — has every
+write declare the bearer scheme and its 401, as `security.WriteGuardMiddleware` enforces (a
+route declared open keeps its `security: []`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,7 +21,6 @@ from pydantic import BaseModel
 from tutorials.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from tutorials.api.security import BEARER_SCHEME
 
-CURSOR_MAX = 512
 WRITE_METHODS = frozenset({"post", "patch", "put", "delete"})
 
 _DESCRIPTIONS = {
@@ -64,60 +64,20 @@ def with_etag(description: str, *, location: bool = False) -> dict[str, Any]:
     return {"description": description, "headers": headers}
 
 
-def body(schema_name: str, media_types: Iterable[str]) -> dict[str, Any]:
-    """A required JSON request body of the named component schema (see `build`)."""
-    reference = {"$ref": f"#/components/schemas/{schema_name}"}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {media_type: {"schema": reference} for media_type in sorted(media_types)},
-        }
-    }
-
-
-def header(name: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "header",
-        "required": False,
-        "description": description,
-        "schema": {"type": "string"},
-    }
-
-
-def query(
-    name: str,
-    schema: dict[str, Any],
-    description: str,
-    *,
-    explode: bool = False,
-    allow_empty: bool = False,
-) -> dict[str, Any]:
-    """An optional query parameter. `allow_empty`: the handler reads `?name=` (as a form
-    leaves an empty field) as if absent, so the document says an empty value is allowed."""
-    parameter: dict[str, Any] = {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema,
-    }
-    if allow_empty:
-        parameter["allowEmptyValue"] = True
-    if explode:
-        parameter.update(style="form", explode=True)
-    return parameter
-
-
 def _add_model(schemas: dict[str, Any], model: type[BaseModel]) -> None:
     document = model.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(document.pop("$defs", {}))
     schemas[str(document.get("title", model.__name__))] = document
 
 
-def build(
-    app: FastAPI, *, secured: bool, extra_models: Iterable[type[BaseModel]]
-) -> dict[str, Any]:
+def _lift_allow_empty(operation: dict[str, Any]) -> None:
+    """`allowEmptyValue` belongs to the parameter, but a declaration can only reach its schema."""
+    for parameter in operation.get("parameters", []):
+        if parameter.get("schema", {}).pop("allowEmptyValue", False):
+            parameter["allowEmptyValue"] = True
+
+
+def build(app: FastAPI, *, secured: bool) -> dict[str, Any]:
     """Generate the document for `app` and make every promise in it exact."""
     document = get_openapi(
         title=app.title,
@@ -127,16 +87,15 @@ def build(
     )
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    models: list[type[BaseModel]] = [Problem, *extra_models]
-    for model in models:
-        _add_model(schemas, model)
+    _add_model(schemas, Problem)
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path_item in document.get("paths", {}).values():
         for method, operation in path_item.items():
+            _lift_allow_empty(operation)
             responses: dict[str, Any] = operation.setdefault("responses", {})
-            if secured and method in WRITE_METHODS:
+            if secured and method in WRITE_METHODS and "security" not in operation:
                 operation["security"] = [{BEARER_SCHEME: []}]
                 responses["401"] = {
                     "description": _DESCRIPTIONS[401],

@@ -2,20 +2,25 @@
 
 Every error leaves as `application/problem+json` with `type`, `title`, `status`, `detail` and
 `instance`, plus the request id (so a user can quote it and we can find the log line) and, for
-422, an `errors` list naming each invalid field. Details come from our own messages, never from
-exception text we did not write: no stack trace, SQL or connection string reaches a client.
+422, an `errors` list naming each invalid field: the first `MAX_FIELD_ERRORS` of them, with
+`errors_omitted` counting the rest, so that a body with 90,000 mistakes gets a small answer.
+Details come from our own messages, never from exception text we did not write: no stack
+trace, SQL or connection string reaches a client.
 
-Handlers here cover domain errors (`tutorials.errors`), Starlette's `HTTPException` (which is
-also how unknown routes (404) and wrong methods (405) arrive), and FastAPI's request validation
-errors. The last-resort 500 lives in `middleware.RequestContextMiddleware`, which sees every
-exception nobody handled.
+Handlers here, registered with FastAPI's own `add_exception_handler`, cover domain errors
+(`tutorials.errors`), Starlette's `HTTPException` (which is also how unknown routes (404) and
+wrong methods (405) arrive), `InvalidRequest` (a 422 naming fields, raised where only an
+`HTTPException` gets through, such as while FastAPI reads a body), and FastAPI's request
+validation errors. The last-resort 500 lives in `middleware.RequestContextMiddleware`, which
+sees every exception nobody handled.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -35,9 +40,12 @@ from tutorials.errors import (
     TutorialsError,
     Unavailable,
 )
+from tutorials.schemas import MAX_FIELD_ERRORS
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 REQUEST_ID_SCOPE_KEY = "tutorials.request_id"
+#: Set in the scope of a HEAD request, which is routed as a GET (`middleware.HeadMiddleware`).
+HEAD_SCOPE_KEY = "tutorials.head"
 
 logger = logging.getLogger("tutorials.api")
 
@@ -59,7 +67,11 @@ class Problem(BaseModel):
     instance: str | None = Field(default=None, description="The request path.")
     request_id: str | None = Field(default=None, description="Quote it when reporting a problem.")
     errors: list[FieldProblem] | None = Field(
-        default=None, description="Each invalid field (422 only)."
+        default=None,
+        description=f"Each invalid field (422 only): the first {MAX_FIELD_ERRORS}.",
+    )
+    errors_omitted: int | None = Field(
+        default=None, description="How many more invalid fields there were, when any."
     )
 
 
@@ -112,7 +124,10 @@ def problem_response(
     if request_id is not None:
         body["request_id"] = request_id
     if errors is not None:
-        body["errors"] = [{"loc": list(error.loc), "msg": error.msg} for error in errors]
+        shown = errors[:MAX_FIELD_ERRORS]
+        body["errors"] = [{"loc": list(error.loc), "msg": error.msg} for error in shown]
+        if len(errors) > len(shown):
+            body["errors_omitted"] = len(errors) - len(shown)
     content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return Response(content, status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE)
 
@@ -153,11 +168,12 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     return problem_response(request.scope, status, exc.detail)
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route accepts at this path (Starlette only names the first route's).
+    """Every method some route accepts at this path (Starlette only names the first route's),
+    and HEAD wherever GET is (`middleware.HeadMiddleware` answers it).
 
     Asks each route whether it would fully match the same request with another method, so it
     needs nothing from the routes but their public `matches`.
@@ -167,6 +183,8 @@ def allowed_methods(request: Request) -> list[str]:
         probe = {**request.scope, "method": method}
         if any(route.matches(probe)[0] == Match.FULL for route in request.app.router.routes):
             allowed.append(method)
+            if method == "GET":
+                allowed.append("HEAD")
     return allowed
 
 
@@ -181,10 +199,29 @@ async def http_error(request: Request, exc: Exception) -> Response:
     elif status == 405:
         allow = ", ".join(allowed_methods(request))
         headers["Allow"] = allow
-        detail = detail or f"{request.method} is not allowed here; allowed: {allow}"
+        detail = detail or f"{method_sent(request.scope)} is not allowed here; allowed: {allow}"
     elif status == 503:
         headers.setdefault("Retry-After", unavailable_headers(request)["Retry-After"])
     return problem_response(request.scope, status, detail or _phrase(status), headers=headers)
+
+
+def method_sent(scope: Scope) -> str:
+    """The method the client sent: HEAD for a HEAD routed as GET (`middleware.HeadMiddleware`)."""
+    return "HEAD" if scope.get(HEAD_SCOPE_KEY) else str(scope["method"])
+
+
+class InvalidRequest(HTTPException):
+    """A 422 naming the invalid fields, for where only an `HTTPException` passes (FastAPI
+    reading a body lets those through and turns anything else into a bare 400)."""
+
+    def __init__(self, detail: str, errors: Sequence[FieldError]) -> None:
+        super().__init__(422, detail)
+        self.errors = list(errors)
+
+
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidRequest)
+    return problem_response(request.scope, 422, exc.detail, errors=exc.errors)
 
 
 def field_errors(errors: Iterable[Mapping[str, object]]) -> list[FieldError]:
@@ -202,9 +239,26 @@ def field_errors(errors: Iterable[Mapping[str, object]]) -> list[FieldError]:
     return found
 
 
+@contextmanager
+def located_in_query() -> Iterator[None]:
+    """The service's errors about query values, located as the API documents them:
+    `("query", "tag", 0)` rather than the service's `("tag", 0)`."""
+    try:
+        yield
+    except InvalidInput as exc:
+        errors = [FieldError(("query", *error.loc), error.msg) for error in exc.errors]
+        raise InvalidInput(exc.detail, errors) from None
+
+
 def summary(errors: Sequence[FieldError]) -> str:
-    parts = [f"{'.'.join(str(p) for p in error.loc) or 'request'}: {error.msg}" for error in errors]
-    return "invalid input: " + "; ".join(parts)
+    """`invalid input: ` and the first `MAX_FIELD_ERRORS` errors, then how many more."""
+    parts = [
+        f"{'.'.join(str(p) for p in error.loc) or 'request'}: {error.msg}"
+        for error in errors[:MAX_FIELD_ERRORS]
+    ]
+    hidden = len(errors) - MAX_FIELD_ERRORS
+    more = f"; and {hidden} more" if hidden > 0 else ""
+    return "invalid input: " + "; ".join(parts) + more
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:
@@ -217,4 +271,5 @@ def install(app: FastAPI) -> None:
     """Register the handlers that turn every handled error into problem+json."""
     app.add_exception_handler(TutorialsError, domain_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(InvalidRequest, invalid_request)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -1,22 +1,49 @@
-"""Bearer tokens for writes: POST / PATCH / DELETE need one when `TUTORIALS_API_TOKENS` is set.
+"""Bearer tokens for writes: with `TUTORIALS_API_TOKENS` set, every unsafe request needs one.
+
+The rule is enforced by structure, not by convention: `WriteGuardMiddleware` sits in front of
+the router and refuses any POST, PUT, PATCH or DELETE (any method but GET, HEAD, OPTIONS and
+TRACE, RFC 9110's safe methods) without a valid token, with 401 and the Bearer challenge,
+before a route, a body or the database is reached. A route added tomorrow is guarded the day
+it is added; it cannot forget to ask. The one way to exempt a write route is to declare it open
+in its own OpenAPI entry, `openapi_extra=OPEN_TO_ANYONE` (`security: []`, which is what the
+document then says to clients): the guard reads that declaration from the routes when the app
+is built. Only the page's sign-in and sign-out (`POST` / `DELETE /session`) are open: they
+check the token themselves, and a signed-in page's writes pass here with its session cookie and
+CSRF header (`tutorials.web.signin`) in place of the bearer header (403 when only the CSRF
+header is missing or wrong).
 
 Reads stay open. Tokens are compared in constant time: both sides are hashed first (so the
 comparison does not even leak the length) and every configured token is compared, without
-stopping at the first match.
+stopping at the first match. `WriteGuard.allows` is the one check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
+from fastapi import FastAPI
+from fastapi.routing import RouteContext, iter_route_contexts
 from pydantic import SecretStr
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tutorials.api.problems import problem_response
+from tutorials.web import signin
 
 BEARER_SCHEME = "bearerAuth"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tutorials"'}
+#: RFC 9110 §9.2.1: methods that change nothing. Every other method needs a token.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+#: A route's `openapi_extra` that declares it open to writers without a token (OpenAPI's empty
+#: security requirement). The only exemption from the guard; see the module docstring.
+OPEN_TO_ANYONE: dict[str, Any] = {"security": []}
+REFUSAL = "this write needs a valid token: send Authorization: Bearer <token>"
+CSRF_REFUSAL = "this write from the page lacks its CSRF token: reload the page"
 
 
 def _digest(value: bytes) -> bytes:
@@ -28,6 +55,8 @@ class WriteGuard:
 
     def __init__(self, tokens: Sequence[SecretStr]) -> None:
         self._digests = [_digest(token.get_secret_value().encode("utf-8")) for token in tokens]
+        #: The page's sign-in sessions are signed with these (`tutorials.web.signin`).
+        self.session_keys = [signin.session_key(digest) for digest in self._digests]
 
     @property
     def enabled(self) -> bool:
@@ -46,12 +75,67 @@ class WriteGuard:
         return found
 
 
-def require_writer(request: Request) -> None:
-    """Called first by every write handler: 401 with a Bearer challenge unless a token matches."""
-    guard: WriteGuard = request.app.state.write_guard
-    if guard.enabled and not guard.allows(request.headers.get("authorization")):
-        raise HTTPException(
-            401,
-            "this write needs a valid token: send Authorization: Bearer <token>",
-            headers=CHALLENGE,
+def declared_open(route: BaseRoute) -> bool:
+    """Whether the route declares itself open to writers (`openapi_extra=OPEN_TO_ANYONE`)."""
+    extra = getattr(route, "openapi_extra", None)
+    return isinstance(extra, dict) and extra.get("security") == []
+
+
+def every_route(app: FastAPI) -> list[RouteContext]:
+    """Each route of `app`, those of included routers too, as routing sees it (FastAPI keeps
+    an included router as one entry of `app.routes`; `iter_route_contexts` walks into it,
+    as FastAPI's own OpenAPI generation does)."""
+    return list(iter_route_contexts(app.routes))
+
+
+def open_routes(app: FastAPI) -> list[RouteContext]:
+    """The routes of `app` declared open to writers: what `WriteGuardMiddleware` lets through."""
+    return [route for route in every_route(app) if declared_open(route.original_route)]
+
+
+class WriteGuardMiddleware:
+    """Refuse unsafe requests without a valid bearer token (401 + challenge), unless they
+    reach one of `open_routes` (of the app when it was built: a route declared later stays
+    guarded). Does nothing when no tokens are configured."""
+
+    def __init__(
+        self, app: ASGIApp, guard: WriteGuard, open_routes: Iterable[RouteContext]
+    ) -> None:
+        self.app = app
+        self.guard = guard
+        self.open_routes = tuple(open_routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] not in SAFE_METHODS
+            and self.guard.enabled
+            and not self.guard.allows(_authorization(scope))
+            and not any(route.matches(scope)[0] is Match.FULL for route in self.open_routes)
+        ):
+            verdict = self._page_session(scope)
+            if verdict is signin.Verdict.CSRF_REFUSED:
+                await problem_response(scope, 403, CSRF_REFUSAL)(scope, receive, send)
+                return
+            if verdict is not signin.Verdict.SIGNED_IN:
+                refusal = problem_response(scope, 401, REFUSAL, headers=CHALLENGE)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _page_session(self, scope: Scope) -> signin.Verdict:
+        """The page's signed-in session and its CSRF header, standing in for a token."""
+        request = Request(scope)
+        return signin.check(
+            self.guard.session_keys,
+            request.cookies.get(signin.SESSION_COOKIE),
+            request.headers.get(signin.CSRF_HEADER),
+            now=time.time(),
         )
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value).decode("latin-1")
+    return None

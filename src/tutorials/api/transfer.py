@@ -18,32 +18,42 @@ Body size: the service's `max_body_bytes` limit (for JSON requests) does not app
 import streams with flat memory, so it has its own, far larger `max_import_bytes` (512 MiB by
 default). A body announced larger is refused before a byte is read; a chunked one that grows
 past it stops the import with 413, and the batches committed before that stay committed.
+
+Bounds: an import holds two batches at most, each at most `import_batch_bytes` of text, and
+at most `max_concurrent_imports` run at once (one more is a 503 with Retry-After, before its
+body is read). An export whose client reads nothing for `export_stall_timeout` seconds is
+stopped: its COPY ends, its database connection is freed, its HTTP connection is closed.
+
+CSV is safe in a spreadsheet: the export puts a `'` before a cell that a spreadsheet would run
+as a formula, and the import takes it off (`tutorials.transfer.readers.restore_cell`);
+`?csv=raw` turns both off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 
-from tutorials.api.bodies import TAG_PATTERN, TEXT_PATTERN, compile_pattern, require_media_type
-from tutorials.api.openapi import problems, query
-from tutorials.api.plain import PlainRoute
-from tutorials.api.problems import problem_response
-from tutorials.api.routes import database_of, last_param
-from tutorials.api.security import require_writer
-from tutorials.errors import FieldError, InvalidInput
-from tutorials.schemas import QUERY_MAX, TAG_MAX, TAGS_MAX, check_query, check_tags
+from tutorials.api.bodies import require_media_type
+from tutorials.api.openapi import problems
+from tutorials.api.params import CsvMode, MaxErrors, SearchText, Tags
+from tutorials.api.problems import located_in_query
+from tutorials.api.routes import DatabaseDep
+from tutorials.schemas import compile_pattern
 from tutorials.transfer import (
-    EXPORT_FORMATS,
     MEDIA_TYPES,
-    ON_CONFLICT_MODES,
+    ExportFormat,
+    ExportStalled,
     ImportSummary,
     OnConflict,
     RowError,
@@ -53,18 +63,18 @@ from tutorials.transfer import (
 )
 from tutorials.transfer.readers import CSV_COLUMNS, read_csv, read_ndjson
 
-router = APIRouter(tags=["bulk transfer"], route_class=PlainRoute)
+logger = logging.getLogger("tutorials.api")
+
+router = APIRouter(tags=["bulk transfer"])
 
 IMPORT_PATH = "/tutorials/import"
 EXPORT_PATH = "/tutorials/export"
-#: Paths whose request bodies stream and must not be capped by the JSON body limit.
 
 CSV = "text/csv"
 NDJSON = "application/x-ndjson"
 IMPORT_TYPES = frozenset({CSV, NDJSON})
 #: Characters of an error's original text repeated in the summary.
 ERROR_TEXT_MAX = 1000
-MAX_ERRORS_LIMIT = 2**31 - 1
 
 
 def _headers() -> list[str]:
@@ -106,6 +116,10 @@ class ImportResult(BaseModel):
     duplicates: int = Field(description="Rows superseded by another with the same key.")
     rejected: int = Field(description="Rows refused (invalid, or conflicting under error).")
     stopped: str | None = Field(description="Why the import stopped early, or null.")
+    unread_lines: int = Field(
+        description="Lines after the point where the body broke off (a CSV quote never "
+        "closed), which could not be read as rows; 0 when it did not."
+    )
     errors: list[ImportRowError] = Field(description="The first 1000 rejected rows.")
 
 
@@ -128,6 +142,7 @@ def _result(summary: ImportSummary) -> bytes:
             duplicates=summary.duplicates,
             rejected=summary.rejected,
             stopped=summary.stopped,
+            unread_lines=summary.unread_lines,
             errors=[
                 ImportRowError(
                     line=error.line, reason=_clean(error.reason) or "", text=_clean(error.text)
@@ -140,60 +155,30 @@ def _result(summary: ImportSummary) -> bytes:
     )
 
 
-def _invalid(name: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{name}: {message}", [FieldError(("query", name), message)])
+class ImportSlots:
+    """At most `limit` imports at once in this process: each holds two batches of memory and
+    a connection per batch. One more is refused at once (503, Retry-After), not queued: its
+    client is holding a body we would otherwise buffer."""
 
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
 
-def _on_conflict(raw: str | None) -> OnConflict:
-    for mode in ON_CONFLICT_MODES:
-        if raw == mode:
-            return mode
-    if raw is None:
-        return "update"
-    raise _invalid("on_conflict", f"must be one of {', '.join(ON_CONFLICT_MODES)}")
-
-
-_COUNT = re.compile(r"[0-9]{1,10}")
-
-
-def _max_errors(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    if not _COUNT.fullmatch(raw) or int(raw) > MAX_ERRORS_LIMIT:
-        raise _invalid("max_errors", f"must be an integer from 0 to {MAX_ERRORS_LIMIT}")
-    return int(raw)
-
-
-_TAG = compile_pattern(TAG_PATTERN)
-_TEXT = compile_pattern(TEXT_PATTERN)
-
-
-def _tags(raw: list[str]) -> list[str]:
-    errors = []
-    if len(raw) > TAGS_MAX:
-        errors.append(FieldError(("query", "tag"), f"at most {TAGS_MAX} tags"))
-    for index, tag in enumerate(raw):
-        if len(tag) > TAG_MAX or not _TAG.search(tag):
-            errors.append(FieldError(("query", "tag", index), "not a valid tag"))
-    if errors:
-        raise InvalidInput("invalid tag filter", errors)
-    return check_tags(raw)
-
-
-def _search_text(raw: str | None) -> str | None:
-    if raw is None or not raw.strip():
-        return None  # an empty search box means "everything"
-    if len(raw) > QUERY_MAX or not _TEXT.search(raw):
-        raise _invalid("q", f"must be at most {QUERY_MAX} characters, without NUL")
-    return check_query(raw)
-
-
-def _format(raw: str | None) -> str:
-    if raw is None:
-        return "csv"
-    if raw not in EXPORT_FORMATS:
-        raise _invalid("format", f"must be one of {', '.join(EXPORT_FORMATS)}")
-    return raw
+    @contextmanager
+    def take(self, retry_after: int) -> Iterator[None]:
+        if self.running >= self.limit:
+            raise HTTPException(
+                503,
+                f"{self.running} of {self.limit} imports are running already, the most this "
+                "service runs at once: send this one again later",
+                # the body is not read: the connection cannot carry another request
+                headers={"Retry-After": str(retry_after), "Connection": "close"},
+            )
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
 
 
 async def _checked_csv(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -223,6 +208,8 @@ async def _checked_csv(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return stream()
 
 
+#: The streamed body, documented by hand: FastAPI documents the bodies it reads itself, and
+#: this one must stream (it is read chunk by chunk, never whole).
 IMPORT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -243,20 +230,28 @@ IMPORT_BODY: dict[str, Any] = {
             },
         },
     },
-    "parameters": [
-        query(
-            "on_conflict",
-            {"type": "string", "enum": list(ON_CONFLICT_MODES), "default": "update"},
-            "A row whose url is stored already: `update` it (only if something differs; "
-            "version + 1), `skip` it, or reject it as an `error` (the run goes on).",
-        ),
-        query(
-            "max_errors",
-            {"type": "integer", "minimum": 0, "maximum": MAX_ERRORS_LIMIT},
-            "Stop once more than this many rows were rejected (rows before stay imported).",
-        ),
-    ],
 }
+
+ImportConflicts = Annotated[
+    OnConflict,
+    Query(
+        description="A row whose url is stored already: `update` it (only if something "
+        "differs; version + 1), `skip` it, or reject it as an `error` (the run goes on)."
+    ),
+]
+ImportCsv = Annotated[
+    CsvMode,
+    Query(
+        description="`safe`: take off the `'` the export puts before a name, description or "
+        "tags cell that begins with `'`s and then `=`, `+`, `-`, `@`, a tab or a carriage "
+        "return. `raw`: cells as they are."
+    ),
+]
+
+
+async def _import_media_type(request: Request) -> None:
+    """415 before anything else is read (a dependency runs before the parameters)."""
+    require_media_type(request, IMPORT_TYPES, "Accept-Post")
 
 
 @router.post(
@@ -271,23 +266,36 @@ IMPORT_BODY: dict[str, Any] = {
         "committed stay: send the same body again."
     ),
     response_model=ImportResult,
-    responses={200: {"description": "The summary."}, **problems(400, 413, 415, 422, 503)},
+    responses={
+        200: {"description": "The summary."},
+        **problems(400, 413, 415, 422, 503),
+    },
+    dependencies=[Depends(_import_media_type)],
     openapi_extra=IMPORT_BODY,
 )
-async def import_tutorials(request: Request) -> Response:
-    require_writer(request)
-    require_media_type(request, IMPORT_TYPES, "Accept-Post")
-    on_conflict = _on_conflict(last_param(request, "on_conflict"))
-    max_errors = _max_errors(last_param(request, "max_errors"))
+async def import_tutorials(
+    request: Request,
+    database: DatabaseDep,
+    on_conflict: ImportConflicts = "update",
+    max_errors: MaxErrors = None,
+    csv: ImportCsv = "safe",
+) -> Response:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    rows: AsyncIterator[SourceRow | RowError]
-    if media_type == CSV:
-        rows = read_csv(await _checked_csv(request.stream()))
-    else:
-        rows = read_ndjson(request.stream())
-    summary = await import_rows(
-        database_of(request), rows, on_conflict=on_conflict, max_errors=max_errors
-    )
+    state = request.app.state
+    slots: ImportSlots = state.import_slots
+    with slots.take(state.retry_after_seconds):
+        rows: AsyncIterator[SourceRow | RowError]
+        if media_type == CSV:
+            rows = read_csv(await _checked_csv(request.stream()), raw_csv=csv == "raw")
+        else:
+            rows = read_ndjson(request.stream())
+        summary = await import_rows(
+            database,
+            rows,
+            on_conflict=on_conflict,
+            max_errors=max_errors,
+            batch_bytes=state.import_batch_bytes,
+        )
     return Response(_result(summary), media_type="application/json")
 
 
@@ -300,6 +308,31 @@ _EXPORT_ITEM = {
         "tags": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["name", "url", "description", "tags"],
+}
+
+ExportFormatParam = Annotated[
+    ExportFormat,
+    Query(
+        alias="format",
+        description="csv, ndjson (one JSON object per line), json (one array), or backup: "
+        'NDJSON with ids, timestamps and versions after a `{"tutorials_backup":1}` line, for '
+        "`tutorials restore` (an empty catalog gets back exactly these rows).",
+    ),
+]
+ExportCsv = Annotated[
+    CsvMode,
+    Query(
+        description="`safe`: a name, description or tags cell that a spreadsheet would run as "
+        "a formula (it begins with `=`, `+`, `-`, `@`, a tab or a carriage return, or with "
+        "`'`s and then one of those) gets a `'` in front, which the import takes off. `raw`: "
+        "cells as stored (import them with `csv=raw`)."
+    ),
+]
+_FILENAMES = {
+    "csv": "tutorials.csv",
+    "ndjson": "tutorials.ndjson",
+    "json": "tutorials.json",
+    "backup": "tutorials-backup.ndjson",
 }
 
 
@@ -323,42 +356,31 @@ _EXPORT_ITEM = {
         },
         **problems(422, 503),
     },
-    openapi_extra={
-        "parameters": [
-            query(
-                "format",
-                {"type": "string", "enum": list(EXPORT_FORMATS), "default": "csv"},
-                "csv, ndjson (one JSON object per line) or json (one array).",
-            ),
-            query(
-                "tag",
-                {
-                    "type": "array",
-                    "maxItems": TAGS_MAX,
-                    "items": {"type": "string", "maxLength": TAG_MAX, "pattern": TAG_PATTERN},
-                },
-                "Only tutorials carrying this tag (repeat for several: all must match).",
-                explode=True,
-            ),
-            query(
-                "q",
-                {"type": "string", "maxLength": QUERY_MAX, "pattern": TEXT_PATTERN},
-                "Only tutorials matching this full-text search. Empty means no search.",
-            ),
-        ]
-    },
 )
-async def export_tutorials(request: Request) -> Response:
-    format = _format(last_param(request, "format"))
-    tags = _tags(request.query_params.getlist("tag"))
-    text = _search_text(last_param(request, "q"))
-    stream = iter_export(database_of(request), format=format, tags=tags, query=text)
-    # Start the export before answering: a database that is down is a clean 503, not a 200
-    # cut short.
-    try:
-        first = await anext(stream)
-    except StopAsyncIteration:
-        first = b""
+async def export_tutorials(
+    request: Request,
+    database: DatabaseDep,
+    export_format: ExportFormatParam = "csv",
+    tag: Tags = [],  # noqa: B006 - FastAPI copies defaults; a list documents the parameter
+    q: SearchText = None,
+    csv: ExportCsv = "safe",
+) -> Response:
+    stall = request.app.state.export_stall_timeout
+    with located_in_query():
+        stream = iter_export(
+            database,
+            format=export_format,
+            tags=tag,
+            query=q,
+            stall_timeout=stall,
+            raw_csv=csv == "raw",
+        )
+        # Start the export before answering: a database that is down is a clean 503, not a
+        # 200 cut short.
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            first = b""
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -366,47 +388,62 @@ async def export_tutorials(request: Request) -> Response:
                 yield first
             async for chunk in stream:
                 yield chunk
+        except ExportStalled:
+            raise _ClientStalled from None  # the client's stall, seen from the export's side
         finally:
             await stream.aclose()
 
-    extension = {"csv": "csv", "ndjson": "ndjson", "json": "json"}[format]
-    return StreamingResponse(
+    filename = _FILENAMES[export_format]
+    return StalledClientStream(
         body(),
-        media_type=MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'attachment; filename="tutorials.{extension}"'},
+        stall,
+        media_type=MEDIA_TYPES[export_format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
-def _not_allowed(allow: str, *, write: bool) -> Callable[[Request], Awaitable[Response]]:
-    """405 with the right `Allow` for the other methods on our paths.
+class _ClientStalled(Exception):
+    """The client took nothing of the response for the stall timeout."""
 
-    Without it, `/tutorials/{tutorial_id}`'s routes (GET, PATCH, DELETE) would claim
-    `/tutorials/import` and `/tutorials/export` for those methods and answer 422 ("not an
-    integer") where 405 is the truth. The problem is built here, not raised, so the `Allow`
-    header names only this path's own methods.
+
+class StalledClientStream(StreamingResponse):
+    """A streamed response given up when its client stops reading.
+
+    Each `send` may wait (the server's flow control holds it while the client's socket is
+    full) at most `stall_timeout` seconds. Past that the response ends unfinished: uvicorn
+    closes the connection, and closing the body closes the export, whose COPY stops through
+    its sink and frees its database connection (`iter_export` has the same deadline for a
+    full queue, so the connection is freed even while this send is still waiting).
     """
 
-    async def refuse(request: Request) -> Response:
-        if write:
-            require_writer(request)  # a write method needs the token first (401 before 405)
-        detail = f"{request.method} is not allowed here; allowed: {allow}"
-        return problem_response(request.scope, 405, detail, headers={"Allow": allow})
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        stall_timeout: float,
+        *,
+        media_type: str,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self.stall_timeout = stall_timeout
 
-    return refuse
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stall = self.stall_timeout
 
+        async def bounded_send(message: Message) -> None:
+            try:
+                async with asyncio.timeout(stall):
+                    await send(message)
+            except TimeoutError:
+                raise _ClientStalled from None
 
-_WRITES = ("POST", "PUT", "PATCH", "DELETE")
-_READS = ("GET", "HEAD", "OPTIONS")
-for _path, _own in ((IMPORT_PATH, "POST"), (EXPORT_PATH, "GET")):
-    router.add_api_route(
-        _path,
-        _not_allowed(_own, write=True),
-        methods=[method for method in _WRITES if method != _own],
-        include_in_schema=False,
-    )
-    router.add_api_route(
-        _path,
-        _not_allowed(_own, write=False),
-        methods=[method for method in _READS if method != _own],
-        include_in_schema=False,
-    )
+        try:
+            await super().__call__(scope, receive, bounded_send)
+        except _ClientStalled:
+            logger.warning(
+                "export stopped: the client read nothing for %g s; closing its connection", stall
+            )
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
