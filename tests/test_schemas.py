@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tutorials.errors import InvalidInput
 from tutorials.schemas import (
     MAX_ID,
+    NAME_MAX,
+    NAME_PATTERN,
+    TAG_MAX,
+    TEXT_PATTERN,
+    URL_MAX,
+    URL_PATTERN,
+    WHITESPACE_CODES,
     TutorialCreate,
     TutorialPatch,
     check_id,
     check_query,
     check_tags,
+    compile_pattern,
     invalid_input,
+    normalise_tag,
+    tag_pattern,
 )
 
 
 def test_normalises_what_it_accepts() -> None:
     data = TutorialCreate(
         name="  Async SQLAlchemy ",
-        url="HTTPS://example.com/a?b=c",
+        url="HTTPS://Example.com/a?b=c",
         tags=["Python", " SQL ", "python"],
     )
     assert data.name == "Async SQLAlchemy"
@@ -68,7 +84,7 @@ def test_patch_changes_follow_merge_patch() -> None:
         "url": None,
         "tags": [],
     }
-    with pytest.raises(InvalidInput, match="name cannot be null"):
+    with pytest.raises(InvalidInput, match="name: cannot be null"):
         TutorialPatch.model_validate({"name": None}).changes()
 
 
@@ -91,3 +107,130 @@ def test_query_and_tag_filters() -> None:
             check_query(bad_query)
     with pytest.raises(InvalidInput):
         check_tags(["bad\x00tag"])
+
+
+# --- Normalisation, decided once for every face ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("HTTPS://Example.ORG:443", "https://example.org/"),
+        ("http://EXAMPLE.org:80/Case?Q=1#Frag", "http://example.org/Case?Q=1#Frag"),
+        ("https://example.org:8443", "https://example.org:8443/"),
+        ("https://example.org/a/b/", "https://example.org/a/b/"),
+        ("https://example.org?q", "https://example.org/?q"),
+        ("https://xn--r8jz45g.jp/%E3%83%91", "https://xn--r8jz45g.jp/%E3%83%91"),
+    ],
+)
+def test_urls_are_stored_as_their_identity(raw: str, stored: str) -> None:
+    assert TutorialCreate(name="x", url=raw).url == stored
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:secret@example.org/",  # credentials
+        "https://example.org\\@evil.example/",  # a backslash before @
+        "https://example.org/a\\b",  # backslashes anywhere
+        "https://例え.jp/",  # a non-ASCII host (its xn-- form is accepted)
+        "https://example.org/パス",  # a non-ASCII path (percent-encode it)
+        "https://example.org:0/",
+        "https://example.org:65536/",
+        " https://example.org/",  # no surrounding spaces
+    ],
+)
+def test_urls_no_face_accepts(url: str) -> None:
+    with pytest.raises(ValidationError, match="must be an http or https address"):
+        TutorialCreate(name="x", url=url)
+
+
+def test_names_tags_and_queries_are_nfc() -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    assert TutorialCreate(name=decomposed).name == composed
+    assert TutorialCreate(name="x", tags=[decomposed.upper()]).tags == [composed]
+    assert TutorialCreate(name="x", description=decomposed).description == composed
+    assert check_query(decomposed) == composed
+    assert check_tags([decomposed]) == [composed]
+
+
+@pytest.mark.parametrize(
+    ("tag", "stored"),
+    [
+        ("python 3", "python 3"),
+        ("  Machine Learning ", "machine learning"),
+        ("עברית", "עברית"),
+        ("हिन्दी", "हिन्दी"),
+        ("ภาษาไทย", "ภาษาไทย"),
+        ("🐍", "🐍"),
+        ("👩\u200d💻", "👩\u200d💻"),  # an emoji sequence keeps its joiner
+        ("C++", "c++"),
+    ],
+)
+def test_tags_of_any_script(tag: str, stored: str) -> None:
+    assert TutorialCreate(name="x", tags=[tag]).tags == [stored]
+
+
+@pytest.mark.parametrize("tag", ["a,b", "a;b", "tab\tinside", "line\nbreak", "zero\u200bwidth", ""])
+def test_tags_no_face_accepts(tag: str) -> None:
+    with pytest.raises(ValidationError):
+        TutorialCreate(name="x", tags=[tag])
+
+
+def test_empty_tag_filters_are_ignored_on_every_face() -> None:
+    assert check_tags(["", "Python", ""]) == ["python"]
+    assert check_tags([""]) == []
+
+
+# --- The published patterns say exactly what the validators do -----------------------------------
+
+FAST = hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def test_the_whitespace_class_is_exactly_what_strip_removes() -> None:
+    stripped = {code for code in range(sys.maxunicode + 1) if chr(code).isspace()}
+    assert set(WHITESPACE_CODES) == stripped
+
+
+@FAST
+@given(st.from_regex(compile_pattern(NAME_PATTERN)))
+def test_every_name_the_pattern_admits_is_stored(name: str) -> None:
+    if len(name) > NAME_MAX * 4:
+        return  # the schema's maxLength bounds the rest
+    expected = unicodedata.normalize("NFC", name).strip()
+    if len(expected) <= NAME_MAX:
+        assert TutorialCreate(name=name).name == expected
+
+
+@FAST
+@given(st.from_regex(compile_pattern(URL_PATTERN)).filter(lambda url: len(url) <= URL_MAX))
+def test_every_url_the_pattern_admits_is_stored(url: str) -> None:
+    stored = TutorialCreate(name="x", url=url).url
+    assert stored is not None and stored.lower().startswith(url[:4].lower())
+    assert TutorialCreate(name="x", url=stored).url == stored  # the identity is a fixed point
+
+
+def _tag_accepted(tag: str) -> bool:
+    try:
+        normalise_tag(tag)
+    except ValueError:
+        return False
+    return True
+
+
+@FAST
+@given(
+    st.text(
+        alphabet=st.characters(codec="utf-8") | st.sampled_from(" ,;\u200d\u200b\t"), max_size=70
+    )
+)
+def test_the_tag_pattern_and_the_tag_rule_agree(tag: str) -> None:
+    admitted = compile_pattern(tag_pattern()).search(tag) is not None
+    lengthened = len(unicodedata.normalize("NFC", tag.strip(" ")).lower()) > TAG_MAX
+    assert _tag_accepted(tag) == (admitted and not lengthened), repr(tag)
+
+
+@pytest.mark.parametrize("pattern", [NAME_PATTERN, URL_PATTERN, TEXT_PATTERN])
+def test_a_final_dollar_means_end_of_text_as_in_json_schema(pattern: str) -> None:
+    assert compile_pattern(pattern).pattern.endswith(r"\Z")
+    assert not compile_pattern(URL_PATTERN).search("http://a\n")

@@ -4,6 +4,8 @@ a 500 or a glimpse of our internals, and no refused request changes a row."""
 from __future__ import annotations
 
 import json
+import math
+import struct
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,7 +17,21 @@ from tutorials.api import create_app
 from tutorials.db.session import Database
 from tutorials.settings import Settings
 
-TITLES = {413: "Content Too Large", 422: "Unprocessable Content", 404: "Not Found"}
+#: Each status's title: RFC 9110's reason phrases, written out here rather than read from the
+#: code under test.
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "request_id"}
 
 
@@ -26,7 +42,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, object]:
     assert set(problem) >= PROBLEM_KEYS
     assert problem["status"] == status
     assert problem["type"] == "about:blank"
-    assert problem["title"] == TITLES.get(status, problem["title"])
+    assert problem["title"] == TITLES[status]
     assert problem["request_id"] == response.headers["x-request-id"]
     assert isinstance(problem["detail"], str) and problem["detail"]
     return problem
@@ -41,10 +57,24 @@ async def test_unknown_routes_are_404_problems(client: httpx.AsyncClient) -> Non
 async def test_a_wrong_method_is_405_with_every_allowed_method(client: httpx.AsyncClient) -> None:
     response = await client.put("/tutorials/1", json={})
     assert_problem(response, 405)
-    assert response.headers["allow"] == "GET, PATCH, DELETE"
-    collection = await client.delete("/tutorials")
+    assert response.headers["allow"] == "GET, HEAD, PATCH, DELETE"
+    collection = await client.put("/tutorials", json={})
     assert_problem(collection, 405)
-    assert collection.headers["allow"] == "GET, POST"
+    assert collection.headers["allow"] == "GET, HEAD, POST, DELETE"
+
+
+async def test_an_unknown_method_lists_only_its_paths_methods(client: httpx.AsyncClient) -> None:
+    for path, allow in (
+        ("/tutorials/import", "POST"),
+        ("/tutorials/export", "GET, HEAD"),
+        ("/tutorials/1", "GET, HEAD, PATCH, DELETE"),
+        ("/healthz", "GET, HEAD"),
+    ):
+        for method in ("TRACE", "CONNECT", "FROB"):
+            response = await client.request(method, path)
+            problem = assert_problem(response, 405)
+            assert response.headers["allow"] == allow, (method, path)
+            assert problem["detail"] == f"{method} is not allowed here; allowed: {allow}"
 
 
 async def test_invalid_fields_are_422_naming_each_one(client: httpx.AsyncClient) -> None:
@@ -228,10 +258,11 @@ async def test_ids_beyond_bigint_are_422_before_the_database(client: httpx.Async
 
 async def test_paths_that_are_not_ids_name_nothing(client: httpx.AsyncClient) -> None:
     for tutorial_id in NOT_IDS:
+        # `import` is a resource of its own, which takes only POST; the rest name nothing.
+        status = 405 if tutorial_id == "import" else 404
         for method in ("GET", "PATCH", "DELETE"):
             response = await client.request(method, f"/tutorials/{tutorial_id}", json={"x": 1})
-            assert response.status_code in (404, 405), (tutorial_id, method)
-            assert response.headers["content-type"] == "application/problem+json"
+            assert_problem(response, status)
 
 
 async def test_the_largest_bigint_is_a_plain_404(client: httpx.AsyncClient) -> None:
@@ -243,6 +274,11 @@ BAD_QUERIES: list[tuple[dict[str, str], list[object]]] = [
     ({"limit": "101"}, ["query", "limit"]),
     ({"limit": "ten"}, ["query", "limit"]),
     ({"limit": "99999999999999999999999"}, ["query", "limit"]),
+    # what pydantic alone would read as integers: the document says digits
+    ({"limit": " 5"}, ["query", "limit"]),
+    ({"limit": "5.0"}, ["query", "limit"]),
+    ({"limit": "+5"}, ["query", "limit"]),
+    ({"limit": "1_0"}, ["query", "limit"]),
     ({"tag": "a,b"}, ["query", "tag", 0]),
     ({"tag": "nul\u0000"}, ["query", "tag", 0]),
     ({"tag": "x" * 65}, ["query", "tag", 0]),
@@ -262,6 +298,8 @@ async def test_bad_query_values_are_422(client: httpx.AsyncClient) -> None:
         assert location in [error["loc"] for error in errors], params
 
 
+#: Cursors that are made of cursor characters but name no page: each is a 422 naming `cursor`
+#: (never a 404: a cursor is a query value, not a resource).
 TAMPERED_CURSORS = [
     "AAAA",  # decodes, but to no JSON
     "WyJpIiwtMV0",  # ["i",-1]
@@ -272,20 +310,71 @@ TAMPERED_CURSORS = [
 ]
 
 
-async def test_tampered_cursors_are_404_no_such_page(client: httpx.AsyncClient) -> None:
+async def test_tampered_cursors_are_422_naming_the_cursor(client: httpx.AsyncClient) -> None:
     await create(client)
-    for cursor in TAMPERED_CURSORS:
+    for cursor in [*TAMPERED_CURSORS, "not-a-cursor", "YWJj"]:
         response = await client.get("/tutorials", params={"cursor": cursor})
-        problem = assert_problem(response, 404)
-        assert "cursor" in str(problem["detail"])
+        problem = assert_problem(response, 422)
+        assert problem["errors"] == [
+            {
+                "loc": ["query", "cursor"],
+                "msg": "must be a next_cursor this listing returned (start again without one)",
+            }
+        ], cursor
 
 
-async def test_a_listing_cursor_is_refused_by_a_search(client: httpx.AsyncClient) -> None:
+async def _second_page_cursor(client: httpx.AsyncClient, **params: str) -> str:
+    cursor = (await client.get("/tutorials", params={"limit": "1", **params})).json()["next_cursor"]
+    assert isinstance(cursor, str)
+    return cursor
+
+
+async def test_a_cursor_belongs_to_its_listing(client: httpx.AsyncClient) -> None:
     for i in range(3):
-        await create(client, name=f"t {i}")
-    cursor = (await client.get("/tutorials", params={"limit": "1"})).json()["next_cursor"]
-    response = await client.get("/tutorials", params={"q": "t", "cursor": cursor})
-    assert_problem(response, 404)
+        await create(client, name=f"alpha {i}", tags=["a"])
+    listing = await _second_page_cursor(client)
+    search = await _second_page_cursor(client, q="alpha")
+    tagged = await _second_page_cursor(client, tag="a")
+    refused = [
+        {"q": "alpha", "cursor": listing},  # a listing's cursor in a search
+        {"cursor": search},  # a search's in a listing
+        {"q": "other", "cursor": search},  # a search's in another search
+        {"cursor": tagged},  # a tag filter's without it
+        {"tag": "b", "cursor": tagged},  # ...or with another one
+    ]
+    for params in refused:
+        assert_problem(await client.get("/tutorials", params=params), 422)
+    for params in (
+        {"cursor": listing},
+        {"q": "alpha", "cursor": search},
+        {"tag": "a", "cursor": tagged},
+    ):
+        assert (await client.get("/tutorials", params=params)).status_code == 200
+
+
+def _with_rank(cursor: str, rank: float) -> str:
+    """A real search cursor (`fingerprint_rank_id`), its rank replaced by `rank`'s bits."""
+    fingerprint, _rank, last_id = cursor.split("_")
+    return f"{fingerprint}_{struct.pack('>d', rank).hex()}_{last_id}"
+
+
+async def test_a_search_cursor_whose_rank_is_not_a_number_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    for i in range(3):
+        await create(client, name=f"alpha {i}")
+    cursor = await _second_page_cursor(client, q="alpha")
+    assert (
+        await client.get("/tutorials", params={"q": "alpha", "cursor": cursor})
+    ).status_code == 200
+    assert (
+        await client.get("/tutorials", params={"q": "alpha", "cursor": _with_rank(cursor, 0.5)})
+    ).status_code == 200
+    for rank in (math.nan, math.inf, -math.inf):
+        response = await client.get(
+            "/tutorials", params={"q": "alpha", "cursor": _with_rank(cursor, rank)}
+        )
+        assert_problem(response, 422)
 
 
 async def test_a_malformed_if_match_is_400_and_changes_nothing(

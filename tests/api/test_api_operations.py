@@ -13,7 +13,6 @@ import pytest
 from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import QueuePool
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import create, fetch_rows
 
@@ -89,12 +88,21 @@ async def test_every_database_route_is_503_with_retry_after_when_unreachable(
 async def test_an_exhausted_pool_is_503_after_a_short_wait(
     settings: Settings, database_url: URL, make_client: ClientFactory
 ) -> None:
-    tiny = settings.model_copy(update={"pool_size": 1, "max_overflow": 0, "pool_timeout": 0.2})
+    tiny = settings.model_copy(update={"pool_size": 1, "pool_timeout": 0.2})
     database = Database.from_url(database_url, tiny)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(_connection: object) -> None:
+        holding.set()
+        await release.wait()
+
     try:
         async with make_client(create_app(tiny, database)) as client:
-            async with database.engine.connect():  # the pool's only connection, held
-                held = await client.get("/tutorials")
+            holder = asyncio.create_task(database.read(hold))  # the pool's only connection
+            await holding.wait()
+            held = await client.get("/tutorials")
+            release.set()
+            await holder
             released = await client.get("/tutorials")
     finally:
         await database.dispose()
@@ -139,10 +147,10 @@ async def test_the_lifespan_opens_the_database_and_disposes_it(
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             assert (await client.post("/tutorials", json={"name": "x"})).status_code == 201
             assert (await client.get("/readyz")).status_code == 200
-        pool = app.state.database.engine.pool
-        assert isinstance(pool, QueuePool)
-        assert pool.checkedin() >= 1
-    assert pool.checkedin() == 0  # disposed: no connection left open
+        database = app.state.database
+        open_, idle, _size = database.pool_stats()
+        assert open_ == idle >= 1
+    assert database.pool_stats()[0] == 0  # closed: no connection left open
 
 
 async def test_the_lifespan_fails_cleanly_when_the_database_is_unreachable(
@@ -231,14 +239,26 @@ async def test_metrics_count_requests_by_route_template_and_status(
     assert 'route="unmatched",status="404"' in text
     assert "/no/such/path" not in text  # raw paths never become labels
     assert "tutorials_http_request_duration_seconds_bucket{" in text
-    for gauge in ("in_use", "idle", "overflow", "size"):
+    for gauge in ("in_use", "idle", "size"):
         assert f"tutorials_db_pool_{gauge} " in text
 
 
 async def test_pool_gauges_follow_the_pool(client: httpx.AsyncClient, database: Database) -> None:
-    async with database.engine.connect():
-        during = (await client.get("/metrics")).text
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(_connection: object) -> None:
+        holding.set()
+        await release.wait()
+
+    holder = asyncio.create_task(database.read(hold))
+    await holding.wait()
+    during = (await client.get("/metrics")).text
+    release.set()
+    await holder
+    after = (await client.get("/metrics")).text
     assert "tutorials_db_pool_in_use 1.0" in during
+    assert "tutorials_db_pool_in_use 0.0" in after
+    assert f"tutorials_db_pool_size {database.settings.pool_size}.0" in after
 
 
 async def test_apps_keep_separate_metrics(
@@ -280,7 +300,7 @@ async def test_cors_is_off_by_default_and_configurable(
 async def test_concurrent_requests_each_hold_a_connection_only_briefly(
     settings: Settings, database_url: URL, make_client: ClientFactory
 ) -> None:
-    small = settings.model_copy(update={"pool_size": 2, "max_overflow": 0, "pool_timeout": 5})
+    small = settings.model_copy(update={"pool_size": 2, "pool_timeout": 5})
     database = Database.from_url(database_url, small)
     try:
         async with make_client(create_app(small, database)) as client:

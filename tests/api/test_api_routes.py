@@ -298,3 +298,41 @@ async def test_empty_query_values_count_as_absent(client: httpx.AsyncClient) -> 
     await create(client, name="tagged", tags=["python"])
     filtered = await client.get("/tutorials?tag=&tag=python&tag=")
     assert [item["name"] for item in filtered.json()["items"]] == ["tagged"]
+
+
+async def test_delete_of_the_collection_deletes_what_the_filter_selects(
+    client: httpx.AsyncClient, dsn: str
+) -> None:
+    for name, tags in (("a", ["draft"]), ("b", ["draft", "x"]), ("c", ["x"])):
+        await create(client, name=name, tags=tags)
+    dry = await client.delete("/tutorials", params={"tag": "draft", "dry_run": "true"})
+    assert (dry.status_code, dry.headers["content-type"]) == (200, "application/json")
+    assert dry.json() == {"matched": 2, "deleted": 0}
+    assert len(await fetch_rows(dsn)) == 3
+    done = await client.delete("/tutorials", params={"tag": "x", "q": "b"})  # x: b, c; q: b
+    assert done.json() == {"matched": 1, "deleted": 1}
+    assert [row["name"] for row in await fetch_rows(dsn)] == ["a", "c"]
+    both = await client.delete("/tutorials", params={"tag": ["draft", "x"]})
+    assert both.json() == {"matched": 0, "deleted": 0}
+    everything = await client.delete("/tutorials", params={"all": "true"})
+    assert everything.json() == {"matched": 2, "deleted": 2}
+    assert await fetch_rows(dsn) == []
+
+
+async def test_delete_of_the_collection_refuses_what_it_cannot_read(
+    client: httpx.AsyncClient, dsn: str
+) -> None:
+    await create(client, name="kept", tags=["x"])
+    for params, loc in (
+        ({}, ["query", "all"]),
+        ({"q": "  "}, ["query", "all"]),  # an empty search box is no filter
+        ({"all": "yes"}, ["query", "all"]),
+        ({"tag": "x", "dry_run": "1"}, ["query", "dry_run"]),
+        ({"all": "true", "tag": "x"}, ["query", "all"]),
+        ({"tag": "a,b"}, ["query", "tag", 0]),
+    ):
+        response = await client.delete("/tutorials", params=params)
+        assert response.status_code == 422, params
+        assert response.headers["content-type"] == "application/problem+json"
+        assert [error["loc"] for error in response.json()["errors"]] == [loc], params
+    assert [row["name"] for row in await fetch_rows(dsn)] == ["kept"]

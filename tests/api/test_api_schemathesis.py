@@ -28,12 +28,13 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.fixture
-def api_schema(database_url: URL) -> Iterator[schemathesis.schemas.BaseSchema]:
+def api_schema(database_url: URL, settings: Settings) -> Iterator[schemathesis.schemas.BaseSchema]:
     app_settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url.render_as_string(hide_password=False),
         auto_migrate=False,
         api_tokens=TOKEN,
+        pgbouncer=settings.pgbouncer,  # TEST_PGBOUNCER=1 runs it through PgBouncer
     )
     app = create_app(app_settings)
     schema = schemathesis.openapi.from_asgi(
@@ -47,6 +48,9 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
+# One item runs every operation (13 of them): building the strategies of the tag pattern (all
+# of Unicode) alone takes minutes on a loaded 2-core machine, past the suite's 300 s default.
+@pytest.mark.timeout(900)
 @settings(
     max_examples=25,
     derandomize=True,

@@ -6,12 +6,22 @@ from __future__ import annotations
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import RouteContext
 from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from tests.api.conftest import ClientFactory
 from tests.api.helpers import fetch_rows
 
 from tutorials.api import create_app
-from tutorials.api.security import WriteGuard
+from tutorials.api.security import (
+    OPEN_TO_ANYONE,
+    SAFE_METHODS,
+    WriteGuard,
+    WriteGuardMiddleware,
+    every_route,
+    open_routes,
+)
 from tutorials.db.session import Database
 from tutorials.settings import Settings
 
@@ -81,9 +91,18 @@ async def test_auth_is_checked_before_the_body(
 
 async def test_reads_stay_open(secured: FastAPI, make_client: ClientFactory) -> None:
     async with make_client(secured) as client:
-        for path in ("/tutorials", "/tutorials/1", "/healthz", "/readyz", "/metrics", "/"):
-            response = await client.get(path)
-            assert response.status_code in (200, 404), path
+        for path, status in (
+            ("/tutorials", 200),
+            ("/tutorials/1", 404),  # no such tutorial: answered, not refused
+            ("/tutorials/export", 200),
+            ("/healthz", 200),
+            ("/readyz", 200),
+            ("/metrics", 200),
+            ("/", 200),
+        ):
+            for method in ("GET", "HEAD"):
+                response = await client.request(method, path)
+                assert response.status_code == status, (method, path)
 
 
 async def test_the_openapi_document_declares_bearer_auth_only_when_tokens_are_set(
@@ -122,3 +141,78 @@ def test_the_guard_compares_every_token_and_never_echoes_one() -> None:
 async def test_no_tokens_means_open_writes(client: httpx.AsyncClient) -> None:
     response = await client.post("/tutorials", json={"name": "open"})
     assert response.status_code == 201
+
+
+#: A value for each path parameter a route may have (a new one must be added here).
+PATH_VALUES = {"tutorial_id": "1", "name": "app.js"}
+
+
+def _concrete(route: RouteContext) -> str:
+    path = str(route.path_format)
+    for name in route.param_convertors:
+        assert name in PATH_VALUES, f"give PATH_VALUES a sample {name!r} for {path}"
+        path = path.replace("{" + name + "}", PATH_VALUES[name])
+    return path
+
+
+def _unsafe_requests(app: FastAPI) -> list[tuple[str, str]]:
+    return [
+        (method, _concrete(route))
+        for route in every_route(app)
+        for method in sorted(route.methods or ())
+        if method not in SAFE_METHODS
+    ]
+
+
+async def test_every_unsafe_route_refuses_a_request_without_a_token(
+    secured: FastAPI, make_client: ClientFactory, dsn: str
+) -> None:
+    """Walks the app's routes: whatever writes exist, none answers without a valid token."""
+
+    @secured.post("/added-after-the-app-was-built")
+    async def added() -> str:  # declared without any thought of tokens
+        raise AssertionError("the guard let a write through")
+
+    writes = _unsafe_requests(secured)
+    assert len(writes) >= 6  # POST, PATCH and DELETE of tutorials, bulk delete, import, added
+    assert ("POST", "/added-after-the-app-was-built") in writes
+    async with make_client(secured) as client:
+        for method, path in writes:
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                response = await client.request(
+                    method, path, headers={**headers, "Content-Type": "application/json"}
+                )
+                assert response.status_code == 401, (method, path, headers)
+                assert response.headers["www-authenticate"] == 'Bearer realm="tutorials"'
+                assert response.headers["content-type"] == "application/problem+json"
+    assert await fetch_rows(dsn) == []
+    # The only open routes: the page's sign-in and sign-out, which check the token
+    # themselves (and refused above, like every write, without a valid one).
+    assert sorted((str(r.path_format), *sorted(r.methods or ())) for r in open_routes(secured)) == [
+        ("/session", "DELETE"),
+        ("/session", "POST"),
+    ]
+
+
+async def test_only_a_route_declared_open_takes_writes_without_a_token() -> None:
+    app = FastAPI()
+
+    @app.post("/sign-in", openapi_extra=OPEN_TO_ANYONE)
+    async def sign_in() -> Response:
+        return PlainTextResponse("open")
+
+    @app.post("/guarded")
+    async def guarded(request: Request) -> Response:
+        return PlainTextResponse("guarded")
+
+    guard = WriteGuard([SecretStr("token")])
+    wrapped = WriteGuardMiddleware(app, guard=guard, open_routes=open_routes(app))
+    transport = httpx.ASGITransport(app=wrapped)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.post("/sign-in")).text == "open"
+        assert (await client.post("/guarded")).status_code == 401
+        assert (await client.put("/sign-in")).status_code == 401  # open for POST only
+        allowed = await client.post("/guarded", headers={"Authorization": "Bearer token"})
+        assert allowed.text == "guarded"
+    document = app.openapi()
+    assert document["paths"]["/sign-in"]["post"]["security"] == []

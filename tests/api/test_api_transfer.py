@@ -20,9 +20,9 @@ from tests.api.conftest import ClientFactory
 from tests.api.helpers import fetch_rows
 
 from tutorials.api import create_app
-from tutorials.api.bodies import compile_pattern
 from tutorials.api.transfer import CSV_HEADER_PATTERN, _headers
 from tutorials.db.session import Database
+from tutorials.schemas import compile_pattern
 from tutorials.settings import Settings
 
 PROBLEM = "application/problem+json"
@@ -283,8 +283,8 @@ async def test_database_down_is_503_for_both(
     [
         ("PATCH", "/tutorials/import", "POST"),
         ("GET", "/tutorials/import", "POST"),
-        ("DELETE", "/tutorials/export", "GET"),
-        ("POST", "/tutorials/export", "GET"),
+        ("DELETE", "/tutorials/export", "GET, HEAD"),
+        ("POST", "/tutorials/export", "GET, HEAD"),
     ],
 )
 async def test_other_methods_are_405_not_taken_for_an_id(

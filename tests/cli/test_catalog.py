@@ -119,7 +119,6 @@ def test_list_and_search(database_env: URL) -> None:
         ["list", "--limit", "101"],
         ["list", "--cursor", "forged"],
         ["search", ""],
-        ["update", "1"],
         ["list", "--tag", "a;b"],
     ],
 )
@@ -161,3 +160,120 @@ def test_unreachable_database_is_exit_5(monkeypatch: pytest.MonkeyPatch) -> None
     assert code == 5
     assert "s3cret" not in out + err
     assert "Traceback" not in out + err
+
+
+# --- Output people read ---------------------------------------------------------------------
+
+
+def test_get_prints_one_field_a_line(database_env: URL) -> None:
+    saved = add_json("Async", "--url", "https://a.io", "--tag", "python", "--tag", "sql")
+    code, out, err = invoke("get", str(saved["tutorial_id"]))
+    assert (code, err) == (0, "")
+    stamp = str(saved["created_at"]).replace("T", " ").replace("Z", "+00:00")
+    assert out.splitlines() == [
+        f"tutorial_id  {saved['tutorial_id']}",
+        "name         Async",
+        "url          https://a.io/",
+        "description",
+        "tags         python, sql",
+        f"created_at   {stamp}",
+        f"updated_at   {stamp}",
+        "version      1",
+    ]
+
+
+def test_control_characters_are_shown_escaped(database_env: URL, dsn: str) -> None:
+    async def store() -> int:
+        connection = await asyncpg.connect(dsn)
+        try:
+            return int(
+                await connection.fetchval(
+                    "INSERT INTO tutorials (name, tags) VALUES ($1, $2) RETURNING tutorial_id",
+                    "red \x1b[31m alert\x07",
+                    ["t\x1bx"],
+                )
+            )
+        finally:
+            await connection.close()
+
+    key = run_async(store)
+    code, out, _ = invoke("get", str(key))
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "name         red \\x1b[31m alert\\x07" in out.splitlines()
+    code, out, _ = invoke("list")
+    assert "\x1b" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["search", "nothing-like-this"], "no tutorial matches 'nothing-like-this'"),
+        (["list"], "no tutorials yet"),
+        (["list", "--tag", "python", "--tag", "sql"], "no tutorial carries python, sql"),
+    ],
+)
+def test_an_empty_answer_is_a_line_not_an_empty_table(
+    database_env: URL, args: list[str], line: str
+) -> None:
+    assert invoke(*args) == (0, line + "\n", "")
+
+
+LONG_URL = "https://example.com/" + "a-very-long-path-segment/" * 6 + "end"
+
+
+def test_a_table_at_80_columns_never_breaks_a_url(database_env: URL) -> None:
+    add_json("A tutorial with a long address", "--url", LONG_URL, "--tag", "python")
+    add_json("Short", "--url", "https://s.io/")
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    assert lines[0].split() == ["id", "name", "url", "tags", "version", "updated"]
+    assert "A tutorial with" in result.stdout and "python" in result.stdout  # all columns
+    shown = [word for line in lines for word in line.split() if word.startswith("https://e")]
+    assert len(shown) == 1, result.stdout  # on one line, never folded onto the next
+    (cell,) = shown
+    assert cell.endswith("…") and LONG_URL.startswith(cell[:-1]), cell
+    assert "segment" not in result.stdout.replace(cell, "")  # the cut part is nowhere
+    assert "https://s.io/" in result.stdout
+
+
+# --- Bulk delete ------------------------------------------------------------------------------
+
+
+def test_delete_by_filter_with_a_dry_run_first(database_env: URL, dsn: str) -> None:
+    for name, tag in (("one", "draft"), ("two", "draft"), ("three", "kept")):
+        add_json(name, "--tag", tag)
+    assert invoke("delete", "--tag", "draft", "--dry-run") == (0, "would delete 2 tutorials\n", "")
+    assert count_rows(dsn) == 3
+    assert invoke("delete", "--tag", "draft") == (0, "deleted 2 tutorials\n", "")
+    assert count_rows(dsn) == 1
+    assert invoke("delete", "--q", "three") == (0, "deleted 1 tutorial\n", "")
+    assert count_rows(dsn) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["delete"], "error: invalid input: give a filter (tags, a query), or ask for every"),
+        (["delete", "1", "--tag", "x"], "error: give a tutorial id or a filter"),
+        (["delete", "--all", "--tag", "x"], "error: invalid input: either a filter"),
+        (["delete", "--if-version", "1", "--tag", "x"], "error: --if-version needs a tutorial id"),
+    ],
+)
+def test_delete_refuses_what_would_be_ambiguous(
+    database_env: URL, dsn: str, args: list[str], message: str
+) -> None:
+    add_json("x", "--tag", "x")
+    code, out, err = invoke(*args)
+    assert (code, out) == (EXIT_INVALID, "")
+    assert err.startswith(message) and len(err.splitlines()) == 1, err
+    assert count_rows(dsn) == 1
+
+
+def test_a_dry_run_of_one_tutorial(database_env: URL, dsn: str) -> None:
+    key = str(add_json("x")["tutorial_id"])
+    assert invoke("delete", key, "--dry-run") == (0, f"would delete tutorial {key}\n", "")
+    assert invoke("delete", "999", "--dry-run")[0] == EXIT_NOT_FOUND
+    assert count_rows(dsn) == 1

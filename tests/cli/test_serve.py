@@ -6,23 +6,29 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import URL
+from tests.conftest import EmbeddedRoots
 from typer.testing import CliRunner
 
 from tutorials.cli import app
 from tutorials.cli._app import EXIT_INVALID, EXIT_UNAVAILABLE
 from tutorials.cli.serve import is_loopback
+from tutorials.db.embedded import EmbeddedPostgres
+from tutorials.db.url import parse_database_url
 
 runner = CliRunner()
 
@@ -45,35 +51,32 @@ class Server:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-@pytest.fixture
-def server(database_url: URL, tmp_path: Path) -> Iterator[Server]:
+@contextmanager
+def serving(
+    database_url: URL, log: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """`tutorials serve ARGS` on a free loopback port against this test's database, its output
+    in `log`, from when `/healthz` answers (within 60 s) until the block ends, then killed if
+    the test has not stopped it."""
     port = free_port()
-    log = tmp_path / "serve.log"
-    env = {
+    environment = {
         **os.environ,
         "DATABASE_URL": database_url.render_as_string(hide_password=False),
         "TUTORIALS_AUTO_MIGRATE": "false",
+        **(env or {}),
     }
-    env.pop("TUTORIALS_API_TOKENS", None)
+    environment.pop("TUTORIALS_API_TOKENS", None)
+    argv = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from tutorials.cli import main; main()",
-                "serve",
-                "--port",
-                str(port),
-                "--graceful-timeout",
-                "10",
-            ],
-            env=env,
+            [*argv, "--port", str(port), *args],
+            env=environment,
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
     running = Server(process, port, log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None, log.read_text()
             try:
@@ -88,6 +91,12 @@ def server(database_url: URL, tmp_path: Path) -> Iterator[Server]:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def server(database_url: URL, tmp_path: Path) -> Iterator[Server]:
+    with serving(database_url, tmp_path / "serve.log", "--graceful-timeout", "10") as running:
+        yield running
 
 
 def test_serve_answers_on_loopback_and_stops_cleanly_on_sigterm(server: Server) -> None:
@@ -175,7 +184,12 @@ def test_serve_names_a_missing_database_in_one_line(
 ) -> None:
     from tutorials.settings import get_settings
 
-    missing = database_url.set(database="no_such_database_here", password="pw-never-shown")
+    # A password that gets past authentication (the embedded server's own, from its passfile;
+    # a trust server ignores it), so the error is about the database, and must not show it.
+    passfile = database_url.query.get("passfile")
+    password = Path(str(passfile)).read_text().split(":")[4].split()[0] if passfile else None
+    password = password or "pw-never-shown"
+    missing = database_url.set(database="no_such_database_here", password=password)
     monkeypatch.setenv("DATABASE_URL", missing.render_as_string(hide_password=False))
     get_settings.cache_clear()
     try:
@@ -186,7 +200,7 @@ def test_serve_names_a_missing_database_in_one_line(
     assert result.stderr.strip().splitlines() == [
         'error: cannot open the database: database "no_such_database_here" does not exist'
     ]
-    assert "pw-never-shown" not in result.output
+    assert password not in result.output
 
 
 @pytest.mark.parametrize(
@@ -204,3 +218,160 @@ def test_serve_names_a_missing_database_in_one_line(
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+# --- What serve says when it starts ----------------------------------------------------------
+
+
+def _password_for(url: URL) -> str:
+    """A password the test's server accepts: the embedded server's own (from its passfile), or
+    any for a trust server; either way one the log must never show."""
+    passfile = url.query.get("passfile")
+    if passfile:
+        return Path(str(passfile)).read_text().split(":")[4].split()[0]
+    return "pw-never-shown"
+
+
+def _serve(
+    url: str, log: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "TUTORIALS_AUTO_MIGRATE": "false",
+        **(env or {}),
+    }
+    environment.pop("TUTORIALS_API_TOKENS", None)
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from tutorials.cli import main; main()",
+                "serve",
+                "--port",
+                str(port),
+                *args,
+            ],
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not come up"
+        time.sleep(0.1)
+    return process, port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+
+
+def test_serve_says_where_it_listens_in_one_json_line(database_url: URL, tmp_path: Path) -> None:
+    password = _password_for(database_url)
+    url = database_url.set(password=password).render_as_string(hide_password=False)
+    log = tmp_path / "serve.log"
+    process, port = _serve(url, log)
+    _stop(process)
+    text = log.read_text()
+    assert password not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    (started,) = [line for line in lines if line["logger"] == "tutorials.serve"]
+    shown = unquote(parse_database_url(url).rendered())
+    assert ":***@" in shown and password not in shown
+    assert started["message"] == (
+        f"listening on http://127.0.0.1:{port}, on {shown} (DATABASE_URL); Ctrl-C stops it"
+    )
+    assert (started["level"], started["url"], started["database"]) == (
+        "info",
+        f"http://127.0.0.1:{port}",
+        shown,
+    )
+    assert "data_dir" not in started  # no embedded server, no data directory of ours
+
+
+def test_serve_in_text_says_it_in_one_line_even_while_migrating(
+    empty_database_url: URL, tmp_path: Path
+) -> None:
+    """A database behind the migrations: Alembic runs at start-up, and says nothing of its
+    plugins; uvicorn's start-up lines give way to serve's own line."""
+    log = tmp_path / "serve.log"
+    url = empty_database_url.render_as_string(hide_password=False)
+    process, port = _serve(url, log, "--log-format", "text", env={"TUTORIALS_AUTO_MIGRATE": "true"})
+    _stop(process)
+    lines = log.read_text().splitlines()
+    shown = unquote(parse_database_url(url).rendered())
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d INFO    listening on http://127\.0\.0\.1:{port}, on "
+        rf"{re.escape(shown)} \(DATABASE_URL\); Ctrl-C stops it",
+        lines[0],
+    ), lines
+    assert [line for line in lines if "listening on" in line] == [lines[0]]
+    assert not any(line.startswith("{") for line in lines)
+    assert not any("setup plugin" in line or "Uvicorn running" in line for line in lines)
+
+
+def test_serve_json_logs_carry_no_alembic_plugin_noise(
+    empty_database_url: URL, tmp_path: Path
+) -> None:
+    log = tmp_path / "serve.log"
+    url = empty_database_url.render_as_string(hide_password=False)
+    process, _port = _serve(url, log, env={"TUTORIALS_AUTO_MIGRATE": "true"})
+    _stop(process)
+    text = log.read_text()
+    assert "setup plugin" not in text
+    assert '"logger": "tutorials.serve"' in text
+
+
+def test_serve_refuses_an_unknown_log_format() -> None:
+    result = runner.invoke(app, ["serve", "--log-format", "xml"])
+    assert result.exit_code == EXIT_INVALID
+    assert result.stderr == "error: --log-format must be json or text, not 'xml'\n"
+
+
+def test_serve_on_the_embedded_server_names_its_data_directory(
+    embedded_roots: EmbeddedRoots, tmp_path: Path
+) -> None:
+    root = embedded_roots.new(initdb=True)
+    log = tmp_path / "serve.log"
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env["TUTORIALS_HOME"] = str(root)
+    port = free_port()
+    try:
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [*SERVE, "--port", str(port), "--log-format", "text"],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while "listening on" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        _stop(process)
+    finally:
+        EmbeddedPostgres(root).stop()
+    (line,) = [line for line in log.read_text().splitlines() if "listening on" in line]
+    assert line.endswith(
+        f"listening on http://127.0.0.1:{port}, on the embedded PostgreSQL "
+        f"postgresql://postgres@127.0.0.1:{_port_of(line)}/tutorials?passfile={root}/pgpass, "
+        f"data directory {root / 'data'}; Ctrl-C stops it"
+    ), line
+
+
+SERVE = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
+
+
+def _port_of(line: str) -> str:
+    return line.split("postgresql://postgres@127.0.0.1:", 1)[1].split("/", 1)[0]

@@ -74,6 +74,13 @@ BROKEN = (
 )
 
 
+#: Backends of other sessions on this test's database (the killed import's, until it is gone).
+_IMPORT_BACKENDS = (
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
 def test_import_a_file_then_again(database_env: URL, dsn: str, tmp_path: Path) -> None:
     source = write_csv(tmp_path / "t.csv", 25)
     code, out, err = invoke("import", str(source))
@@ -261,7 +268,12 @@ def test_killed_import_run_again_gives_the_clean_table(
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
-    time.sleep(0.2)  # let the server notice the dead client and roll its transaction back
+    # The server rolls the dead client's transaction back once it notices: wait (a poll with a
+    # deadline, not a fixed sleep) until no backend of that import is left.
+    gone_by = time.monotonic() + 30
+    while query(dsn, _IMPORT_BACKENDS)[0][0] and time.monotonic() < gone_by:
+        time.sleep(0.02)
+    assert query(dsn, _IMPORT_BACKENDS)[0][0] == 0, "the killed import's backend is still there"
     after_kill = query(dsn, "SELECT count(*) FROM tutorials")[0][0]
     assert 0 < after_kill < 20_000
     assert after_kill % 500 == 0  # whole batches only
@@ -332,3 +344,77 @@ def test_export_writes_through_devices_and_links(
     assert stat.S_IMODE(kept.stat().st_mode) == 0o640
     assert len(list(csv.reader(io.StringIO(kept.read_text())))) == 6
     assert not list(tmp_path.glob(".*.partial"))
+
+
+# --- A file that breaks off -------------------------------------------------------------------
+
+
+def test_a_quote_never_closed_is_reported_with_the_lines_not_read(
+    database_env: URL, dsn: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "broken.csv"
+    source.write_text(
+        HEADER + "one,https://a.io/1,,\n" + '"two,https://a.io/2,,\n' + "three\nfour\n"
+    )
+    code, out, err = invoke("import", str(source))
+    assert code == 1
+    assert out.splitlines()[:7] == [
+        "inserted             1",
+        "updated              0",
+        "unchanged            0",
+        "skipped              0",
+        "duplicates           0",
+        "rejected             1",
+        "not read             2 lines",
+    ]
+    assert err.splitlines()[-1] == (
+        "stopped: line 3: malformed CSV: a quoted field opened on this line is never closed; "
+        "the 2 lines after it (4 to 5) were not read"
+    )
+    assert [row[0] for row in content(dsn)] == ["one"]
+    query(dsn, "DELETE FROM tutorials")
+    code, out, _ = invoke("import", str(source), "--json")
+    assert (code, json.loads(out)["unread_lines"], json.loads(out)["inserted"]) == (1, 2, 1)
+
+
+# --- Backup and restore -----------------------------------------------------------------------
+
+EVERY_COLUMN = (
+    "SELECT tutorial_id, name, url, description, tags, created_at, updated_at, version "
+    "FROM tutorials ORDER BY tutorial_id"
+)
+
+
+def test_backup_then_restore_into_the_emptied_catalog(
+    database_env: URL, dsn: str, tmp_path: Path
+) -> None:
+    for name in ("one", "two", "three"):
+        assert invoke("add", name, "--url", f"https://a.io/{name}")[0] == 0
+    assert invoke("update", "2", "--description", "changed")[0] == 0
+    assert invoke("delete", "1")[0] == 0
+    before = query(dsn, EVERY_COLUMN)
+    backup = tmp_path / "catalog.backup"  # the extension says the format
+    code, _, err = invoke("export", str(backup))
+    assert (code, err) == (0, f"exported 2 rows to {backup} in 0.0 s\n")
+    assert backup.read_text().splitlines()[0] == '{"tutorials_backup":1}'
+
+    code, out, err = invoke("restore", str(backup))
+    assert (code, out) == (4, "")
+    assert err == (
+        "error: the catalog is not empty (2 tutorials): a backup is restored into an empty "
+        "catalog only (export a backup of this one, then `tutorials delete --all`)\n"
+    )
+    assert invoke("delete", "--all") == (0, "deleted 2 tutorials\n", "")
+    assert invoke("restore", str(backup)) == (0, "restored 2 tutorials\n", "")
+    assert query(dsn, EVERY_COLUMN) == before
+
+
+def test_a_backup_is_restored_not_imported(database_env: URL, dsn: str, tmp_path: Path) -> None:
+    backup = tmp_path / "catalog.backup"
+    backup.write_text('{"tutorials_backup":1}\n')
+    for args in (["import", str(backup)], ["import", "-", "--format", "backup"]):
+        code, out, err = invoke(*args, input="")
+        assert (code, out) == (2, ""), args
+        assert err == "error: a backup is restored, not imported: `tutorials restore FILE`\n"
+    code, _, err = invoke("restore", str(tmp_path / "missing.backup"))
+    assert code == 2 and err.startswith("error: cannot read ")

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from tests.support import admin_execute, asyncpg_dsn, run_async
 
+from tutorials.db.database import Database
 from tutorials.db.migrate import (
     alembic_head_revision,
     head_revision,
@@ -29,6 +30,7 @@ from tutorials.db.migrate import (
     stored_revisions,
     upgrade,
 )
+from tutorials.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,7 +77,9 @@ def test_two_processes_upgrading_together_apply_once(empty_database_url: URL) ->
     assert applied == 1, outputs
 
 
-def test_rows_survive_growing_into_the_catalog(alembic_runner: MigrationContext) -> None:
+def test_rows_survive_growing_into_the_catalog(
+    alembic_runner: MigrationContext, empty_database_url: URL
+) -> None:
     alembic_runner.migrate_up_to("0001")
     alembic_runner.insert_into("tutorials", [{"name": "old one"}, {"name": "old two"}])
     alembic_runner.migrate_up_to("heads")
@@ -83,6 +87,25 @@ def test_rows_survive_growing_into_the_catalog(alembic_runner: MigrationContext)
     alembic_runner.migrate_down_to("0001")
     alembic_runner.insert_into("tutorials", {"name": "after downgrade"})
     alembic_runner.migrate_up_to("heads")
+
+    async def stored() -> list[tuple[int, str, int, list[str]]]:
+        connection = await asyncpg.connect(asyncpg_dsn(empty_database_url))
+        try:
+            rows = await connection.fetch(
+                "SELECT tutorial_id, name, version, tags FROM tutorials ORDER BY tutorial_id"
+            )
+        finally:
+            await connection.close()
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    # Every row went through two upgrades and a downgrade, with its id and name, and rows
+    # written at 0001 got the catalog's defaults.
+    assert run_async(stored) == [
+        (1, "old one", 1, []),
+        (2, "old two", 1, []),
+        (3, "new", 1, []),
+        (4, "after downgrade", 1, []),
+    ]
 
 
 def test_upgrade_keeps_ids_and_continues_after_them(
@@ -114,16 +137,16 @@ def test_upgrade_keeps_ids_and_continues_after_them(
     ]
 
 
-def test_schema_is_current_only_at_head(empty_database_url: URL) -> None:
+def test_schema_is_current_only_at_head(empty_database_url: URL, settings: Settings) -> None:
     async def check() -> tuple[bool, bool]:
-        engine = create_async_engine(empty_database_url)
+        database = Database.from_url(empty_database_url, settings)
         try:
-            before = await schema_is_current(engine)
-            await upgrade(engine)
-            await upgrade(engine)  # a second upgrade is a no-op
-            return before, await schema_is_current(engine)
+            before = await schema_is_current(database)
+            await upgrade(database.engine)
+            await upgrade(database.engine)  # a second upgrade is a no-op
+            return before, await schema_is_current(database)
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     assert run_async(check) == (False, True)
 
@@ -135,6 +158,10 @@ def test_schema_is_current_only_at_head(empty_database_url: URL) -> None:
 
 def _engine(url: URL) -> AsyncEngine:
     return create_async_engine(url, poolclass=NullPool)
+
+
+def _database(url: URL) -> Database:
+    return Database.from_url(url, Settings(_env_file=None, auto_migrate=False))  # type: ignore[call-arg]
 
 
 async def _versions(url: URL) -> list[str]:
@@ -154,15 +181,15 @@ def test_the_head_read_from_source_is_alembics() -> None:
 def test_upgrade_at_head_does_not_load_alembic(database_url: URL) -> None:
     code = (
         "import asyncio, sys\n"
-        "from sqlalchemy.ext.asyncio import create_async_engine\n"
+        "from tutorials.db.database import Database\n"
         "from tutorials.db.migrate import schema_is_current, upgrade\n"
         "async def main():\n"
-        "    engine = create_async_engine(sys.argv[1])\n"
+        "    database = Database.from_url(sys.argv[1])\n"
         "    try:\n"
-        "        await upgrade(engine)\n"
-        "        print(await schema_is_current(engine), 'alembic' in sys.modules)\n"
+        "        await upgrade(database.engine)\n"
+        "        print(await schema_is_current(database), 'alembic' in sys.modules)\n"
         "    finally:\n"
-        "        await engine.dispose()\n"
+        "        await database.dispose()\n"
         "asyncio.run(main())\n"
     )
     result = subprocess.run(
@@ -178,14 +205,14 @@ def test_upgrade_at_head_does_not_load_alembic(database_url: URL) -> None:
 
 def test_upgrade_still_migrates_a_database_behind_head(empty_database_url: URL) -> None:
     async def check() -> tuple[bool, list[str], bool, list[str]]:
-        engine = _engine(empty_database_url)
+        database = _database(empty_database_url)
         try:
-            await upgrade(engine, "0001")
-            behind = await schema_is_current(engine), await _versions(empty_database_url)
-            await upgrade(engine)
-            return (*behind, await schema_is_current(engine), await _versions(empty_database_url))
+            await upgrade(database.engine, "0001")
+            behind = await schema_is_current(database), await _versions(empty_database_url)
+            await upgrade(database.engine)
+            return (*behind, await schema_is_current(database), await _versions(empty_database_url))
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     assert run_async(check) == (False, ["0001"], True, [head_revision()])
 
@@ -196,13 +223,13 @@ def test_upgrade_still_refuses_a_database_ahead_of_the_scripts(database_url: URL
     )
 
     async def check() -> bool:
-        engine = _engine(database_url)
+        database = _database(database_url)
         try:
             with pytest.raises(CommandError, match="f00d"):
-                await upgrade(engine)
-            return await schema_is_current(engine)
+                await upgrade(database.engine)
+            return await schema_is_current(database)
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     assert run_async(check) is False
     assert run_async(lambda: _versions(database_url)) == ["f00d"]  # left as it was
@@ -213,13 +240,13 @@ def test_schema_is_not_current_with_two_stored_revisions(database_url: URL) -> N
     run_async(lambda: admin_execute(database_url, "INSERT INTO alembic_version VALUES ('0001')"))
 
     async def check() -> tuple[list[str], bool]:
-        engine = _engine(database_url)
+        database = _database(database_url)
         try:
-            async with engine.connect() as connection:
+            async with database.engine.connect() as connection:
                 stored = await stored_revisions(connection)
-            return stored, await schema_is_current(engine)
+            return stored, await schema_is_current(database)
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     assert run_async(check) == (sorted(["0001", str(head)]), False)
 

@@ -25,36 +25,28 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import httpx
 from sqlalchemy.engine import URL
-from tests.support import run_async
+from tests.support import client_limits, free_port, pg_bindir, run_async
 
 from tutorials.db.migrate import upgrade
 from tutorials.db.session import Database
 from tutorials.settings import Settings
 
-PG_BIN = Path(os.environ.get("TUTORIALS_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = pg_bindir()
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def private_clusters_available() -> str | None:
@@ -174,7 +166,11 @@ class PrivateCluster:
     def _options(self) -> str:
         settings = {
             "listen_addresses": LOOPBACK,
-            "fsync": "on",
+            # Throwaway clusters: the faults here are process faults (kill -9, restarts, a
+            # dead network), which lose nothing fsync would have kept; only an operating
+            # system crash would. A test about that durability would set it on in `conf`.
+            "fsync": "off",
+            "full_page_writes": "off",
             "max_connections": "200",
             # Deadlock tests should not wait the default second for the detector.
             "deadlock_timeout": "100ms",
@@ -319,8 +315,17 @@ class PrivateDb:
 Figures = Callable[..., None]
 
 
+def _known_settings(names: Iterable[str]) -> None:
+    """Refuse names Settings does not have: it ignores them, so a setting renamed or removed
+    (as `max_overflow` was) would silently leave a test running on the default."""
+    unknown = sorted(set(names) - set(Settings.model_fields))
+    if unknown:
+        raise TypeError(f"Settings has no {', '.join(unknown)}")
+
+
 def quiet_settings(**overrides: object) -> Settings:
-    """Settings for test-made engines: no env file, no auto-migration, `overrides` applied."""
+    """Settings for test-made databases: no env file, no auto-migration, `overrides` applied."""
+    _known_settings(overrides)
     return Settings(_env_file=None, auto_migrate=False, **overrides)  # type: ignore[call-arg]
 
 
@@ -434,7 +439,10 @@ def dropped_packets(port: int) -> Iterator[None]:
 
 
 def service_env(database_url: str, **settings: str) -> dict[str, str]:
-    """A clean environment for `tutorials serve`: ours, without the developer's TUTORIALS_*."""
+    """A clean environment for `tutorials serve`: ours, without the developer's TUTORIALS_*.
+
+    `settings` are `TUTORIALS_*` variables, each naming a setting that exists."""
+    _known_settings(name.removeprefix("TUTORIALS_").lower() for name in settings)
     env = {
         key: value
         for key, value in os.environ.items()
@@ -726,7 +734,7 @@ async def http_write_load(
     headers: Mapping[str, str] | None = None,
 ) -> None:
     """`clients` concurrent writers POSTing new tutorials until `stop`, a count, or `deadline`."""
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = client_limits(clients)
     async with httpx.AsyncClient(
         base_url=base_url, timeout=15, limits=limits, headers=dict(headers or {})
     ) as http:

@@ -6,8 +6,9 @@ is created exactly once. One process runs `tutorials db upgrade`, the other an o
 with auto-migration on (what a service or library start does): both upgrade.
 
 A race that depends on process start-up timing proves little, so the test makes it certain:
-it holds the migration advisory lock itself until every process is queued behind it (seen in
-`pg_locks`), then lets them all go at once.
+it holds the migration advisory lock itself until every process is waiting for it (a waiter
+tries the lock and pauses in turn, each statement marked with `LOCK_WAIT_MARK`: seen in
+`pg_stat_activity`), then lets them all go at once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncpg
 import pytest
 from tests.reliability.harness import Figures, PrivateCluster, scalar, service_env
 
-from tutorials.db.migrate import MIGRATION_LOCK_KEY, head_revision
+from tutorials.db.migrate import LOCK_WAIT_MARK, MIGRATION_LOCK_KEY, head_revision
 
 CLI = [sys.executable, "-c", "from tutorials.cli import main; main()"]
 
@@ -59,7 +60,7 @@ async def test_concurrent_upgrades_all_succeed_and_one_applies(
             if any(process.returncode is not None for process in processes):
                 break  # one ended without waiting: the assertions below say why
             await asyncio.sleep(0.05)
-            queued = await _waiting_on_advisory_locks(dsn)
+            queued = await _waiting_for_the_migration_lock(dsn)
     finally:
         await gate.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
         await gate.close()
@@ -91,9 +92,12 @@ async def test_concurrent_upgrades_all_succeed_and_one_applies(
     assert version == head_revision()
 
 
-async def _waiting_on_advisory_locks(dsn: str) -> int:
+async def _waiting_for_the_migration_lock(dsn: str) -> int:
     value = await scalar(
-        dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+        "AND position($1 in query) > 0",
+        LOCK_WAIT_MARK,
     )
     assert isinstance(value, int)
     return value

@@ -3,7 +3,9 @@
 Without a deadline of our own, a request on a pooled connection whose packets vanish waits for
 the operating system's TCP retransmission timeout (about 15 minutes on Linux). The promise is
 an `Unavailable` within the configured deadline (connect timeout for new connections, statement
-timeout for work on open ones) and service again once the network returns.
+timeout for work on open ones) and service again once the network returns. The units of work
+are the library face's: `service.create` (one INSERT in autocommit) and a `Database.transaction`,
+on asyncpg's pool.
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.pool import QueuePool
 from tests.reliability.harness import (
     Figures,
     PrivateDb,
@@ -24,9 +23,11 @@ from tests.reliability.harness import (
     scalar,
 )
 
-from tutorials import repository
+from tutorials import repository, service
+from tutorials.db.database import Connection
 from tutorials.db.session import Database
 from tutorials.errors import Unavailable
+from tutorials.schemas import TutorialCreate
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_iptables")]
 
@@ -45,8 +46,7 @@ def _database(db: PrivateDb) -> Database:
     return Database.from_url(
         db.url,
         quiet_settings(
-            pool_size=4,
-            max_overflow=4,
+            pool_size=REQUESTS,  # every request holds a connection: none waits for one
             pool_timeout=2,
             connect_timeout=CONNECT_TIMEOUT,
             statement_timeout_ms=STATEMENT_TIMEOUT_MS,
@@ -63,9 +63,7 @@ async def _timed_failures(database: Database) -> tuple[list[float], list[str]]:
         started = time.monotonic()
         try:
             async with asyncio.timeout(HANG):
-                await database.run(
-                    lambda s, index=index: repository.add(s, {"name": f"dead {index}"})
-                )
+                await service.create(database, TutorialCreate(name=f"dead {index}"))
         except Unavailable:
             durations.append(time.monotonic() - started)
         except TimeoutError:
@@ -84,7 +82,7 @@ async def _recovers(database: Database, deadline: float) -> float | None:
     while time.monotonic() - started < deadline:
         try:
             async with asyncio.timeout(5):
-                await database.run(lambda s: repository.add(s, {"name": "network back"}))
+                await service.create(database, TutorialCreate(name="network back"))
             return time.monotonic() - started
         except (Unavailable, TimeoutError):
             await asyncio.sleep(0.05)
@@ -94,13 +92,16 @@ async def _recovers(database: Database, deadline: float) -> float | None:
 async def test_dead_network_with_a_warm_pool(private_db: PrivateDb, figures: Figures) -> None:
     database = _database(private_db)
     try:
-        await asyncio.gather(*(database.run(repository.count) for _ in range(4)))
+        # Open every connection of the pool, then leave them idle.
+        await asyncio.gather(
+            *(database.read(lambda c: c.execute("SELECT pg_sleep(0.05)")) for _ in range(REQUESTS))
+        )
+        warm = database.pool_stats()
         with dropped_packets(private_db.cluster.port):
             durations, wrong = await _timed_failures(database)
         recovery = await _recovers(database, 15)
-        pool = database.engine.pool
-        assert isinstance(pool, QueuePool)
-        checked_out = pool.checkedout()
+        opened, idle, _ = database.pool_stats()
+        checked_out = opened - idle
     finally:
         await database.dispose()
     figures(
@@ -114,6 +115,7 @@ async def test_dead_network_with_a_warm_pool(private_db: PrivateDb, figures: Fig
         deadline_ms=ms(DEADLINE),
         recovery_ms=ms(recovery),
     )
+    assert warm == (REQUESTS, REQUESTS, REQUESTS)
     assert wrong == [], wrong[:3]
     assert max(durations) <= DEADLINE
     assert recovery is not None, "no success after the network came back"
@@ -155,17 +157,17 @@ async def test_dead_network_in_the_middle_of_a_transaction(
     network_dead = asyncio.Event()
     outcome: list[str] = []
 
-    async def work(session: AsyncSession) -> None:
-        await session.execute(text("SELECT 1"))
+    async def work(connection: Connection) -> None:
+        await connection.execute("SELECT 1")
         in_transaction.set()
         await network_dead.wait()
-        await repository.add(session, {"name": "lost in transit"})
+        await repository.insert(connection, "lost in transit", None, None, [])
 
     async def unit() -> float:
         started = time.monotonic()
         try:
             async with asyncio.timeout(HANG):
-                await database.run(work)
+                await database.transaction(work)
             outcome.append("succeeded through a dead network")
         except Unavailable:
             outcome.append("unavailable")

@@ -7,7 +7,7 @@ connection (the service process stays up); and the service answers 2xx again wit
 server accepting connections (measured from the first successful raw connection of a prober
 polling every 10 ms to the first 2xx after it).
 
-One service (default pool: 10 + 10 overflow, so 32 clients also wait for connections) serves
+One service (default pool: 20 connections, so 32 clients also wait for connections) serves
 the whole module; its private cluster is restarted, crashed, and restarted under an idle pool,
 one fault per test, and the same process must ride through all of them.
 """

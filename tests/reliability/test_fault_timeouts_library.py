@@ -2,7 +2,8 @@
 
 The server cancels the statement (so it stops costing anything there), the unit of work
 answers `Timeout` (an `Unavailable`: 503 over HTTP, exit 5 on the command line), and the
-connection goes back to the pool clean.
+connection goes back to the pool clean. Both of `Database`'s paths carry the deadlines: the
+service's units of work (asyncpg's pool) and ORM sessions (SQLAlchemy's engine).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import asyncio
 import time
 
 import asyncpg
+import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.pool import QueuePool
 from tests.reliability.harness import (
     Figures,
     PrivateDb,
@@ -23,15 +23,25 @@ from tests.reliability.harness import (
     sessions_of,
 )
 
-from tutorials import repository
+from tutorials import repository, service
 from tutorials.db.session import Database
 from tutorials.errors import Timeout
+from tutorials.schemas import TutorialCreate, TutorialPatch
 
 STATEMENT_TIMEOUT_MS = 300
 
 
+async def _sleep(database: Database, path: str, seconds: float) -> None:
+    """A statement that takes `seconds` on the server, as a unit of work of `path`."""
+    if path == "service":
+        await database.read(lambda connection: connection.execute(f"SELECT pg_sleep({seconds})"))
+    else:
+        await database.run(lambda session: session.execute(text(f"SELECT pg_sleep({seconds})")))
+
+
+@pytest.mark.parametrize("path", ["service", "orm session"])
 async def test_statement_over_the_deadline_is_cancelled_server_side(
-    private_db: PrivateDb, figures: Figures
+    private_db: PrivateDb, figures: Figures, path: str
 ) -> None:
     app_name = "rel-statement-timeout"
     database = Database.from_url(
@@ -39,32 +49,28 @@ async def test_statement_over_the_deadline_is_cancelled_server_side(
         quiet_settings(statement_timeout_ms=STATEMENT_TIMEOUT_MS, application_name=app_name),
     )
 
-    async def slow(session: AsyncSession) -> None:
-        await session.execute(text("SELECT pg_sleep(30)"))
-
     try:
         started = time.monotonic()
         error: BaseException | None = None
         try:
             async with asyncio.timeout(10):
-                await database.run(slow)
+                await _sleep(database, path, 30)
         except Timeout as exc:
             error = exc
         elapsed = time.monotonic() - started
+        sessions = await sessions_of(private_db.dsn, app_name)
         sleeping = [
-            row
-            for row in await sessions_of(private_db.dsn, app_name)
-            if "pg_sleep" in str(row["query"]) and row["state"] == "active"
+            row for row in sessions if "pg_sleep" in str(row["query"]) and row["state"] == "active"
         ]
-        pool = database.engine.pool
-        assert isinstance(pool, QueuePool)
-        in_use = pool.checkedout()
-        # The same pool serves the next unit of work.
-        await database.run(repository.count)
+        busy = [row for row in sessions if row["state"] != "idle"]
+        opened, idle, _ = database.pool_stats()
+        # The same Database serves the next unit of work, on either path.
+        assert await service.count(database) == 0
+        assert await database.run(repository.count) == 0
     finally:
         await database.dispose()
     figures(
-        face="library",
+        face=f"library ({path})",
         fault="statement_timeout",
         sent=1,
         statement_timeout_ms=STATEMENT_TIMEOUT_MS,
@@ -74,7 +80,8 @@ async def test_statement_over_the_deadline_is_cancelled_server_side(
     assert isinstance(error, Timeout)
     assert elapsed < 10
     assert sleeping == []
-    assert in_use == 0
+    assert busy == []  # every connection of either pool is back, idle, out of any transaction
+    assert opened == idle
 
 
 async def test_waiting_on_a_lock_past_the_deadline_is_a_timeout(
@@ -86,7 +93,7 @@ async def test_waiting_on_a_lock_past_the_deadline_is_a_timeout(
         private_db.url,
         quiet_settings(lock_timeout_ms=200, application_name=app_name),
     )
-    saved = await database.run(lambda s: repository.add(s, {"name": "locked"}))
+    saved = await service.create(database, TutorialCreate(name="locked"))
     blocker = await asyncpg.connect(private_db.dsn)
     try:
         transaction = blocker.transaction()
@@ -97,15 +104,15 @@ async def test_waiting_on_a_lock_past_the_deadline_is_a_timeout(
         started = time.monotonic()
         try:
             async with asyncio.timeout(10):
-                await database.run(
-                    lambda s: repository.update(s, saved.tutorial_id, {"name": "changed"})
-                )
+                await service.update(database, saved.tutorial_id, TutorialPatch(name="changed"))
             error: BaseException | None = None
         except Timeout as exc:
             error = exc
         elapsed = time.monotonic() - started
         await transaction.rollback()
         leaked = await open_transactions(private_db.dsn, app_name)
+        opened, idle, _ = database.pool_stats()
+        stored = await service.get(database, saved.tutorial_id)
     finally:
         await blocker.close()
         await database.dispose()
@@ -117,4 +124,7 @@ async def test_waiting_on_a_lock_past_the_deadline_is_a_timeout(
         open_transactions_after=leaked,
     )
     assert isinstance(error, Timeout)
+    assert elapsed < 5  # the lock timeout (0.2 s), far below the statement timeout (15 s)
     assert leaked == 0
+    assert opened == idle
+    assert (stored.name, stored.version) == ("locked", 1)

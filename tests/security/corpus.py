@@ -104,3 +104,33 @@ async def seed(dsn: str, rows: int = 3) -> None:
         )
     finally:
         await connection.close()
+
+
+async def matching_ids(dsn: str, text: str, tag: str | None = None) -> list[int]:
+    """The ids a search for `text` must find, asked of PostgreSQL directly (not through the
+    service): every row whose document matches `text` read as web-search words."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT tutorial_id FROM tutorials "
+            "WHERE search @@ websearch_to_tsquery('english', $1) "
+            "AND ($2::text IS NULL OR tags @> ARRAY[$2::text]) ORDER BY tutorial_id",
+            text.strip(),
+            tag,
+        )
+    finally:
+        await connection.close()
+    return [row[0] for row in rows]
+
+
+def is_tag(text: str) -> bool:
+    """Whether `text` is a tag every face accepts (`schemas`' rule)."""
+    from tutorials.schemas import normalise_tag
+
+    try:
+        normalise_tag(text)
+    except ValueError:
+        return False
+    return True

@@ -30,7 +30,7 @@ from tests.support import run_async
 from typer.testing import CliRunner
 
 from tutorials.cli import app
-from tutorials.cli._app import EXIT_INVALID
+from tutorials.cli._app import EXIT_CONFLICT, EXIT_INVALID
 
 runner = CliRunner()
 
@@ -58,7 +58,7 @@ class Refusals:
         if exit_code != code:
             self.failures.append(f"{label!r}: exit {exit_code}, not {code}: {(out + err)[-200:]}")
         elif "Traceback" in out + err:
-            self.failures.append(f"{label!r}: printed a traceback")
+            self.failures.append(f"{label!r}: printed a traceback: {(out + err)[-600:]}")
         elif len(err.strip().splitlines()) != 1 and "Usage:" not in err:
             self.failures.append(f"{label!r}: not one line: {err!r:.200}")
         elif not re.search(mentions, err, re.IGNORECASE):
@@ -152,10 +152,23 @@ def test_list_and_search_parameters(database_env: URL, seeded: str) -> None:
         (["search", "a\x00b"], "NUL"),
         (["search", "q" * 1001], "1000|q"),
         (["search", "   "], "blank"),
-        (["update", "1"], "nothing to update"),
+        (["update", "1", "--if-version", "2"], "version 1, not 2"),
     ]:
-        refusals.expect(args, mentions)
+        refusals.expect(args, mentions, EXIT_CONFLICT if args[0] == "update" else EXIT_INVALID)
     assert refusals.failures == []
+
+
+def test_an_empty_update_writes_nothing(database_env: URL, seeded: str) -> None:
+    """No field to change: the tutorial is shown as it is, its version kept (on every face)."""
+    before = snapshot(seeded)
+    code, out, err = invoke("update", "1", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["tutorial_id"], shown["name"], shown["version"]) == (1, "seed 0", 1)
+    code, out, err = invoke("update", "1", "--if-version", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["version"] == 1
+    assert snapshot(seeded) == before
 
 
 def test_if_version_past_int32(database_env: URL, seeded: str) -> None:

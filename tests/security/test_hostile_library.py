@@ -19,6 +19,8 @@ from tests.security.corpus import (
     INJECTION,
     OVER_LONG,
     fingerprint,
+    is_tag,
+    matching_ids,
 )
 
 from tutorials import (
@@ -112,9 +114,13 @@ async def test_injection_payloads_are_stored_literally(library_env: URL, seeded:
         found = await get_tutorial(saved.tutorial_id)
         assert found is not None
         assert (found.name, found.description) == (payload.strip(), payload)
-        if payload.strip("%_\\'\" "):
-            await search_tutorials(payload)
-            await list_tutorials(tags=[re.sub("[,;]", "", payload)[:64]])
+        found_by_search = await search_tutorials(payload)
+        # The payload is searched for as words: exactly the rows those words match.
+        found = sorted(item.tutorial_id for item in found_by_search.items)
+        assert found == await matching_ids(seeded, payload), payload
+        tag = re.sub("[,;]", "", payload)[:64]
+        if is_tag(tag):
+            assert (await list_tutorials(tags=[tag])).items == [], tag  # no row carries it
         middle = await fingerprint(seeded)
         assert middle[0] == before[0] + 1 and middle[2], payload
         assert await delete_tutorial(saved.tutorial_id)

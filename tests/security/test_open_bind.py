@@ -87,7 +87,7 @@ def test_tokens_or_the_explicit_flag_let_it_through(
     for name, value in extra_env.items():
         monkeypatch.setenv(name, value)
     # `serve` would point the root logger at this process's stderr as JSON: not in pytest.
-    monkeypatch.setattr("tutorials.api.logs.configure_logging", lambda level: None)
+    monkeypatch.setattr("tutorials.api.logs.configure_logging", lambda *args, **kwargs: None)
     get_settings.cache_clear()
     port = free_port()
     try:

@@ -185,6 +185,18 @@ def test_serve_refusing_to_start_holds_no_secret(
     assert leaks(result.stdout + result.stderr) == []
 
 
+def _error_texts(error: BaseException) -> list[str]:
+    """What an error could show: its repr and text, and those of every error it wraps."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts += [repr(current), str(current)]
+        current = current.__cause__ or current.__context__
+    return texts
+
+
 async def test_reprs_and_errors_hold_no_secret(
     secret_cluster: PrivateCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,18 +213,29 @@ async def test_reprs_and_errors_hold_no_secret(
         str(settings.sqlalchemy_url()),
     ]
     database = Database.from_url(normalize_database_url(url), settings)
+    failures = 0
     try:
-        texts += [repr(database), repr(database.engine), str(database.engine.url)]
+        texts += [repr(database), repr(database.url), database.url.rendered()]
+        texts += [repr(database.engine), str(database.engine.url)]
         texts += [repr(database.engine.pool), database.engine.pool.status()]
+        # Both paths fail to connect (nothing listens on port 1): the service's units of work
+        # on asyncpg's pool, and an ORM session on SQLAlchemy's engine.
+        try:
+            await database.read(lambda connection: connection.fetchval("SELECT 1"))
+        except Exception as exc:
+            failures += 1
+            texts += _error_texts(exc)
         try:
             async with database.session() as session:
                 await session.connection()
         except Exception as exc:
-            texts += [repr(exc), str(exc), repr(exc.__cause__), str(exc.__cause__)]
+            failures += 1
+            texts += _error_texts(exc)
             domain = classify(exc)
             texts.append(repr(domain))
     finally:
         await database.dispose()
+    assert failures == 2
     # Settings that fail to validate do not echo the URL or the tokens either.
     monkeypatch.setenv("TUTORIALS_POOL_SIZE", f"many-{PASSWORD}")
     with pytest.raises(ValidationError) as raised:

@@ -300,16 +300,19 @@ async def test_a_full_disk_fails_the_export_as_a_write_error_and_frees_every_con
     with pytest.raises(ExportWriteError, match="No space left on device") as raised:
         await export_file(database, tmp_path / "out.csv", jobs=2)
     assert isinstance(raised.value.__cause__, OSError)
-    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    open_, idle, _size = database.pool_stats()
+    assert open_ == idle  # nothing in use
     with pytest.raises(ExportWriteError, match="No space left on device"):
         await export_rows(database, FullDisk(1000))  # one stream, a full output
-    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    open_, idle, _size = database.pool_stats()
+    assert open_ == idle  # nothing in use
     monkeypatch.undo()
     monkeypatch.setattr(exporter, "PARALLEL_MIN_ROWS", 1)
     full = FullFile(tmp_path / "full.csv", 1000)  # the output itself fills up
     with full, pytest.raises(ExportWriteError, match="No space left on device"):
         await export_rows(database, full, jobs=2)
-    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    open_, idle, _size = database.pool_stats()
+    assert open_ == idle  # nothing in use
     assert (await export_file(database, tmp_path / "again.csv", jobs=2))[0] == 3000
 
 
@@ -330,7 +333,8 @@ async def test_a_sink_failing_on_the_last_chunk_fails_with_its_own_error(
         for _ in range(3):
             with pytest.raises(RuntimeError, match="the reader went away"):
                 await export_to(database, refuse, format="csv")  # 20 rows: one, last, chunk
-            assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+            open_, idle, _size = database.pool_stats()
+            assert open_ == idle  # nothing in use
         assert await export_rows(database, io.BytesIO()) == 20
     finally:
         await database.dispose()
@@ -370,20 +374,19 @@ async def test_the_export_is_read_only(database: Database, dsn: str) -> None:
     """The transaction is REPEATABLE READ, READ ONLY: one snapshot for every statement."""
     await store(dsn, bulk(3))
     seen: list[tuple[str, str]] = []
-    begin = sql.begin_export
+    prepare = sql.prepare_export
 
-    async def spy(session: Any, timeout_ms: int, **options: Any) -> asyncpg.Connection:
-        connection = await begin(session, timeout_ms, **options)
+    async def spy(connection: Any, timeout_ms: int, **options: Any) -> None:
+        await prepare(connection, timeout_ms, **options)
         row = await connection.fetchrow(
             "SELECT current_setting('transaction_isolation'), "
             "current_setting('transaction_read_only')"
         )
         assert row is not None
         seen.append((row[0], row[1]))
-        return connection
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sql, "begin_export", spy)
+        patch.setattr(sql, "prepare_export", spy)
         assert await export_rows(database, io.BytesIO()) == 3
     assert seen == [("repeatable read", "on")]
 
@@ -393,4 +396,5 @@ async def test_iter_export_closed_early_frees_its_connection(database: Database,
     stream: AsyncIterator[bytes] = iter_export(database, format="csv")
     assert (await anext(stream)).startswith(b"name,url,description,tags\n")
     await stream.aclose()  # type: ignore[attr-defined]
-    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    open_, idle, _size = database.pool_stats()
+    assert open_ == idle  # nothing in use

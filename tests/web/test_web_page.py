@@ -76,3 +76,21 @@ def test_the_page_is_not_in_the_openapi_document(app: FastAPI) -> None:
     paths = app.openapi()["paths"]
     assert "/" not in paths
     assert "/static/{name}" not in paths
+
+
+async def test_every_asset_the_page_names_ships_with_the_package(
+    client: httpx.AsyncClient,
+) -> None:
+    page = (await client.get("/")).text
+    assets = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    local = [asset for asset in assets if asset.startswith("/static/")]
+    assert len(local) == 3  # the script, the style, the icon
+    for asset in local:
+        response = await client.get(asset)
+        assert response.status_code == 200, asset
+        assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    assert [a for a in assets if "://" in a or a.startswith("//")] == []
+    for name in ("app.js", "app.css"):
+        text = files("tutorials.web").joinpath("static", name).read_text()
+        text = text.replace("http:// or https://", "").replace("https://example.com/guide", "")
+        assert "://" not in text  # no other origin named (but in the words of an error)
