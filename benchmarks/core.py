@@ -49,10 +49,11 @@ class Mode:
     scale_samples: int  # timed calls per latency figure in the scale suite
     http_duration: float  # seconds per HTTP measurement
     http_rounds: int
+    chunks: int = 1  # hotpaths: a paired measurement alternates path and baseline this often
 
 
-SHORT = Mode("short", 1, 0.3, 0.1, 1, (10_000, 200_000), 200, 2.0, 1)
-FULL = Mode("full", 4, 0.8, 0.2, 2, (10_000, 1_000_000), 1000, 4.0, 3)
+SHORT = Mode("short", 1, 0.3, 0.1, 1, (10_000, 200_000), 200, 2.0, 1, chunks=2)
+FULL = Mode("full", 4, 0.8, 0.2, 2, (10_000, 1_000_000), 1000, 4.0, 3, chunks=4)
 
 
 @dataclass
@@ -76,6 +77,19 @@ class Sample:
 
     def percentile_ms(self, q: float) -> float:
         return percentile(self.latencies_ns, q) / 1e6
+
+
+def merged(samples: Sequence[Sample]) -> Sample:
+    """One sample from several taken in turns (operations, time, CPU and latencies added)."""
+    first_error = next((s.first_error for s in samples if s.first_error), None)
+    return Sample(
+        sum(s.ops for s in samples),
+        sum(s.seconds for s in samples),
+        [latency for s in samples for latency in s.latencies_ns],
+        sum(s.errors for s in samples),
+        first_error,
+        sum(s.cpu_seconds for s in samples),
+    )
 
 
 def percentile(values: Sequence[int | float], q: float) -> float:
@@ -293,6 +307,7 @@ async def machine_info(admin_url: URL) -> dict[str, Any]:
         "postgresql_settings": settings,
         "packages": versions,
         "git_commit": _run("git", "rev-parse", "--short", "HEAD").strip(),
+        "load_average": os.getloadavg(),
         "event_loop": type(asyncio.get_running_loop()).__module__,
     }
 
@@ -314,7 +329,9 @@ async def http_status(port: int, path: str) -> int | None:
     except OSError:
         return None
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
         line = await asyncio.wait_for(reader.readline(), 5)
         return int(line.split()[1]) if line else None
     except (OSError, TimeoutError, ValueError, IndexError):

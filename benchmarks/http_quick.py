@@ -181,7 +181,7 @@ async def in_process(requests: int, concurrency: int, bare: bool) -> None:
         from tutorials.settings import Settings
 
         os.environ.setdefault("TUTORIALS_AUTO_MIGRATE", "false")
-        app = create_app(Settings(pool_size=POOL, max_overflow=0))  # type: ignore[call-arg]
+        app = create_app(Settings(pool_size=POOL))  # type: ignore[call-arg]
     shutdown = await _lifespan(app)
     ids: list[int] = []
     numbers = count()

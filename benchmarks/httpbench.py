@@ -1,13 +1,26 @@
-"""HTTP: `tutorials serve` against a bare Starlette + raw asyncpg handler, on loopback.
+"""HTTP (issue 13): `tutorials serve` against the tuned bare app, on loopback.
 
-Both servers run in their own process on 127.0.0.1 against the same scratch database (10,000
-seeded rows, a pool of 20 each), one at a time, alternating every round. The load generator is
-`wrk` (installed with apt-get if missing; if that fails, a small asyncio client in this module
-takes over and the table says so), with keep-alive connections, for a fixed time per
-measurement: `GET /tutorials/{random id}` and `POST /tutorials` (a small JSON body, no url, so
-inserts never conflict). Reported: requests/s (median of rounds), p50 / p99 latency, failures
-(anything but 200/201), and the server process's CPU time per request, which does not depend
-on how busy the rest of the machine is.
+The tuned limit (`bare_app.py`: bare Starlette routes on asyncpg's pool of 20 with a no-op
+reset, orjson, the service's own statements, uvicorn with uvloop and httptools, no access log)
+stays up for the whole suite; beside it, one variant of the service at a time:
+
+- `tutorials serve` as shipped: default log level, so its JSON access log is on (written to a
+  file, as a service manager would collect it), a pool of 20;
+- context: the same with `--log-level warning` (no access log);
+- scaling: `tutorials serve --workers 2` (uvicorn's worker processes, each with its own pool of
+  20), otherwise as shipped. Its CPU per request counts every worker. The last table sets its
+  figures beside the one-process service's (`--only WORD` keeps the variants whose name has
+  WORD, plus the shipped one: `--suite http --only workers`).
+
+Each measurement of the service is paired with one of the bare app taken just before (or after:
+the order alternates by round) on the same scenario, against the same scratch database (10,000
+seeded rows); ratios are taken within the pair and the median over rounds is reported. The load
+generator is `wrk` (installed with apt-get if missing; if that fails, a small asyncio client in
+this module takes over and the table says so), keep-alive connections, 1 and 64 of them, for a
+fixed time per measurement: `GET /tutorials/{random id}` and `POST /tutorials` (a small JSON
+body, no url, so inserts never conflict). Reported: requests/s and its paired ratio, p50 / p99
+latency and the p99 ratio, failures (anything but 200/201, socket errors, timeouts), and the
+server process's CPU time per request, which depends least on how busy the machine is.
 """
 
 from __future__ import annotations
@@ -41,7 +54,12 @@ from benchmarks.seed import seed
 NAME = "http"
 SEEDED = 10_000
 POOL = 20
-CONCURRENCY = (1, 32)
+CONCURRENCY = (1, 64)
+ENDPOINTS = ("GET", "POST")
+#: The service's variant the goal is about (the others are context).
+SHIPPED = "tutorials serve (as shipped, access log on)"
+WORKERS = "tutorials serve --workers 2 (access log on)"
+BARE = "bare app (tuned limit)"
 POST_BODY = '{"name": "bench post", "description": "posted by the benchmark", "tags": ["python"]}'
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,11 +210,11 @@ async def _load_python(
                 if endpoint == "GET":
                     request = (
                         f"GET /tutorials/{random.randint(1, SEEDED)} HTTP/1.1\r\n"
-                        "Host: bench\r\n\r\n"
+                        "Host: 127.0.0.1\r\n\r\n"
                     ).encode()
                 else:
                     request = (
-                        "POST /tutorials HTTP/1.1\r\nHost: bench\r\n"
+                        "POST /tutorials HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                     ).encode() + body
                 started = time.perf_counter_ns()
@@ -222,6 +240,19 @@ async def _load_python(
     )
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children (`--workers`: the supervisor's workers)."""
+    total = process_cpu(pid)[0]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += process_cpu(int(stat.parent.name))[0]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
 async def _measure(
     server: Server, wrk: str | None, endpoint: str, connections: int, seconds: float
 ) -> HttpSample:
@@ -231,7 +262,7 @@ async def _measure(
         await _load_wrk(wrk, server.url, endpoint, connections, 1)
     else:
         await _load_python(server.port, endpoint, connections, 0.5)
-    cpu_before = process_cpu(pid)[0]
+    cpu_before = _tree_cpu(pid)
     if wrk:
         rate, p50, p99, total, failures = await _load_wrk(
             wrk, server.url, endpoint, connections, seconds
@@ -240,39 +271,45 @@ async def _measure(
         rate, p50, p99, total, failures = await _load_python(
             server.port, endpoint, connections, seconds
         )
-    cpu = process_cpu(pid)[0] - cpu_before
+    cpu = _tree_cpu(pid) - cpu_before
     return HttpSample(rate, p50, p99, total, failures, 1e6 * cpu / total if total else 0.0)
 
 
-def _servers(ctx: Context, database: str) -> list[Server]:
+def _servers(ctx: Context, database: str) -> tuple[Server, list[Server]]:
+    """The tuned bare app, and the service's variants."""
     dsn = ctx.dsn(database)
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORIALS_")}
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TUTORIALS_") and k != "DATABASE_URL"
+    }
     bare = Server(
-        "bare Starlette + asyncpg",
+        BARE,
         [sys.executable, "-m", "benchmarks.bare_app", "--dsn", dsn, "--port", "{port}"],
         {**base_env, "PYTHONPATH": str(ROOT)},
     )
-    service = Server(
-        "tutorials serve",
-        [
-            sys.executable,
-            "-c",
-            "from tutorials.cli import main; main()",
-            "serve",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-        ],
-        {
-            **base_env,
-            "DATABASE_URL": dsn,
-            "TUTORIALS_POOL_SIZE": str(POOL),
-            "TUTORIALS_MAX_OVERFLOW": "0",
-            "TUTORIALS_AUTO_MIGRATE": "false",
-        },
-    )
-    return [bare, service]
+    serve = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
+    env = {
+        **base_env,
+        "DATABASE_URL": dsn,
+        "TUTORIALS_POOL_SIZE": str(POOL),
+        "TUTORIALS_AUTO_MIGRATE": "false",
+    }
+    services = [
+        Server(SHIPPED, [*serve, "--port", "{port}"], env),
+        Server(
+            "tutorials serve, --log-level warning (no access log)",
+            [*serve, "--port", "{port}", "--log-level", "warning"],
+            env,
+        ),
+        Server(WORKERS, [*serve, "--port", "{port}", "--workers", "2"], env),
+    ]
+    if ctx.only:
+        services = [s for s in services if s.name == SHIPPED or any(w in s.name for w in ctx.only)]
+    return bare, services
+
+
+Key = tuple[str, str, int]
 
 
 async def run(ctx: Context) -> list[Table]:
@@ -284,66 +321,176 @@ async def run(ctx: Context) -> list[Table]:
         raise Skipped(f"the HTTP API is not importable yet ({exc})") from exc
     mode = ctx.mode
     wrk = await asyncio.to_thread(_wrk)
-    samples: dict[tuple[str, str, int], list[HttpSample]] = {}
+    samples: dict[Key, list[HttpSample]] = {}
+    ratios: dict[Key, list[tuple[float, float, float]]] = {}  # req/s, p99, CPU: mine / base
+    load = await asyncio.to_thread(os.getloadavg)
     async with ctx.scratch_database("http") as database:
         await seed(ctx.dsn(database), SEEDED, label="http")
-        servers = _servers(ctx, database)
-        for round_index in range(mode.http_rounds):
-            order = servers if round_index % 2 == 0 else servers[::-1]
-            for server in order:
-                await server.start()
-                try:
-                    for endpoint in ("GET", "POST"):
-                        for connections in CONCURRENCY:
-                            sample = await _measure(
-                                server, wrk, endpoint, connections, mode.http_duration
-                            )
-                            key = (server.name, endpoint, connections)
-                            samples.setdefault(key, []).append(sample)
-                finally:
-                    await server.stop()
-            ctx.log(f"http: round {round_index + 1} done")
-    return _tables(samples, servers, "wrk" if wrk else "the asyncio fallback client")
+        bare, services = _servers(ctx, database)
+        await bare.start()  # up all along: 20 connections, plus one service's 20 at a time
+        try:
+            for round_index in range(mode.http_rounds):
+                turn = round_index % len(services)
+                for server in [*services[turn:], *services[:turn]]:
+                    await server.start()
+                    try:
+                        for endpoint in ENDPOINTS:
+                            for connections in CONCURRENCY:
+                                pair = [bare, server] if round_index % 2 == 0 else [server, bare]
+                                measured = {
+                                    one.name: await _measure(
+                                        one, wrk, endpoint, connections, mode.http_duration
+                                    )
+                                    for one in pair
+                                }
+                                base, mine = measured[bare.name], measured[server.name]
+                                samples.setdefault((bare.name, endpoint, connections), []).append(
+                                    base
+                                )
+                                key = (server.name, endpoint, connections)
+                                samples.setdefault(key, []).append(mine)
+                                ratios.setdefault(key, []).append(
+                                    (
+                                        mine.rate / base.rate if base.rate else 0.0,
+                                        mine.p99_ms / base.p99_ms if base.p99_ms else 0.0,
+                                        base.server_cpu_us / mine.server_cpu_us
+                                        if mine.server_cpu_us
+                                        else 0.0,
+                                    )
+                                )
+                    finally:
+                        await server.stop()
+                ctx.log(f"http: round {round_index + 1} done")
+        finally:
+            await bare.stop()
+    load_after = await asyncio.to_thread(os.getloadavg)
+    client = "wrk" if wrk else "the asyncio fallback client"
+    return _tables(samples, ratios, bare, services, client, (load, load_after))
 
 
 def _tables(
-    samples: dict[tuple[str, str, int], list[HttpSample]], servers: list[Server], client: str
+    samples: dict[Key, list[HttpSample]],
+    ratios: dict[Key, list[tuple[float, float, float]]],
+    bare: Server,
+    services: list[Server],
+    client: str,
+    loads: tuple[tuple[float, float, float], tuple[float, float, float]],
 ) -> list[Table]:
-    baseline = servers[0].name
     table = Table(
-        "HTTP: tutorials serve vs a bare Starlette + asyncpg handler (median of rounds)",
+        "HTTP: tutorials serve against the tuned bare app (median of paired rounds)",
         [
             "server",
             "endpoint",
-            "connections",
+            "conns",
             "req/s",
             "ratio",
             "p50 ms",
             "p99 ms",
+            "p99 ratio",
             "server CPU us/req",
+            "CPU ratio",
             "failures",
         ],
     )
-    for endpoint in ("GET", "POST"):
+    for endpoint in ENDPOINTS:
         for connections in CONCURRENCY:
-            base = median([s.rate for s in samples[(baseline, endpoint, connections)]])
-            for server in servers:
+            for server in [bare, *services]:
                 runs = samples[(server.name, endpoint, connections)]
-                rate = median([s.rate for s in runs])
+                paired = ratios.get((server.name, endpoint, connections))
                 row: dict[str, Any] = {
                     "server": server.name,
                     "endpoint": f"{endpoint} /tutorials" + ("/{id}" if endpoint == "GET" else ""),
-                    "connections": connections,
-                    "req/s": rate,
-                    "ratio": round(rate / base, 2) if base else None,
+                    "conns": connections,
+                    "req/s": median([s.rate for s in runs]),
                     "p50 ms": median([s.p50_ms for s in runs]),
                     "p99 ms": median([s.p99_ms for s in runs]),
                     "server CPU us/req": median([s.server_cpu_us for s in runs]),
                     "failures": sum(s.failures for s in runs),
                 }
+                if paired:
+                    row["ratio"] = round(median([r[0] for r in paired]), 2)
+                    row["p99 ratio"] = round(median([r[1] for r in paired]), 2)
+                    row["CPU ratio"] = round(median([r[2] for r in paired]), 2)
                 table.rows.append(row)
     table.notes.append(
         f"load from {client} on 127.0.0.1, keep-alive; each server in its own process with a "
         f"pool of {POOL}; {SEEDED:,} seeded rows; POST bodies carry no url (no conflicts)"
     )
-    return [table]
+    table.notes.append(
+        "ratio = service req/s ÷ bare req/s; p99 ratio = service p99 ÷ bare p99; CPU ratio = "
+        "bare CPU µs/req ÷ service CPU µs/req (each within a pair, median over rounds)"
+    )
+    table.notes.append(
+        "load average (1, 5, 15 min) before: {} after: {}".format(
+            *(", ".join(f"{x:.2f}" for x in load) for load in loads)
+        )
+    )
+    verdict = Table(
+        f"HTTP goal (issue 13): {SHIPPED} >= 0.8x the bare app, p99 within 2x, no failures",
+        ["endpoint", "conns", "ratio", "p99 ratio", "failures", "met"],
+    )
+    for endpoint in ENDPOINTS:
+        for connections in CONCURRENCY:
+            paired = ratios.get((SHIPPED, endpoint, connections))
+            if not paired:
+                continue
+            ratio = median([r[0] for r in paired])
+            p99 = median([r[1] for r in paired])
+            failures = sum(s.failures for s in samples[(SHIPPED, endpoint, connections)])
+            verdict.rows.append(
+                {
+                    "endpoint": endpoint,
+                    "conns": connections,
+                    "ratio": round(ratio, 2),
+                    "p99 ratio": round(p99, 2),
+                    "failures": failures,
+                    "met": "yes" if ratio >= 0.8 and p99 <= 2 and failures == 0 else "no",
+                }
+            )
+    tables = [table, verdict]
+    if any(server.name == WORKERS for server in services):
+        tables.append(_scaling(samples))
+    return tables
+
+
+def _scaling(samples: dict[Key, list[HttpSample]]) -> Table:
+    """One process against two workers, both as shipped otherwise (medians over rounds)."""
+    table = Table(
+        "HTTP: tutorials serve, 1 process against --workers 2 (medians over rounds)",
+        [
+            "endpoint",
+            "conns",
+            "1 proc req/s",
+            "2 workers req/s",
+            "scaling",
+            "1 proc p99 ms",
+            "2 workers p99 ms",
+            "1 proc CPU us/req",
+            "2 workers CPU us/req",
+            "failures",
+        ],
+    )
+    for endpoint in ENDPOINTS:
+        for connections in CONCURRENCY:
+            one = samples[(SHIPPED, endpoint, connections)]
+            two = samples[(WORKERS, endpoint, connections)]
+            rate_one, rate_two = median([s.rate for s in one]), median([s.rate for s in two])
+            table.rows.append(
+                {
+                    "endpoint": endpoint,
+                    "conns": connections,
+                    "1 proc req/s": rate_one,
+                    "2 workers req/s": rate_two,
+                    "scaling": round(rate_two / rate_one, 2) if rate_one else 0.0,
+                    "1 proc p99 ms": median([s.p99_ms for s in one]),
+                    "2 workers p99 ms": median([s.p99_ms for s in two]),
+                    "1 proc CPU us/req": median([s.server_cpu_us for s in one]),
+                    "2 workers CPU us/req": median([s.server_cpu_us for s in two]),
+                    "failures": sum(s.failures for s in one + two),
+                }
+            )
+    table.notes.append(
+        "2 cores: wrk, PostgreSQL and the bare app's idle process share them with the workers, "
+        "so two workers cannot double a CPU-bound one"
+    )
+    return table

@@ -32,6 +32,9 @@ SUITES = {
     "http": "httpbench",
     "bulk": "bulk",
     "startup": "startup",
+    "migrations": "migrations",
+    "cli": "cli",
+    "first_start": "first_start",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,7 +46,7 @@ class Skipped(Exception):
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--short", action="store_true", help="quick check (~2 minutes, default)")
+    group.add_argument("--short", action="store_true", help="quick check (~4 minutes, default)")
     group.add_argument("--full", action="store_true", help="the record (~15 minutes)")
     parser.add_argument(
         "--suite",
@@ -52,7 +55,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="run only this suite (repeatable); default: all",
     )
     parser.add_argument(
-        "--only", action="append", default=[], help="hotpaths: only paths whose name has WORD"
+        "--only",
+        action="append",
+        default=[],
+        help="hotpaths: only paths whose name has WORD; http: only those service variants",
     )
     parser.add_argument("--name", help="results file name (default: <mode>-<timestamp>)")
     parser.add_argument(

@@ -10,7 +10,7 @@ b) restart on the existing data dir with the embedded server stopped (`tutorials
    first): the goal's figure, p50 / max over rounds and a verdict against 3 s;
 c) start while the embedded server still runs (it is adopted);
 d) for context, on the system PostgreSQL (`BENCH_DATABASE_URL`, a migrated scratch database):
-   the bare Starlette + asyncpg baseline (`python -m benchmarks.bare_app`) and `tutorials
+   the tuned bare app (`python -m benchmarks.bare_app`, the HTTP suite's limit) and `tutorials
    serve` with `DATABASE_URL` (no embedded server). The bare app is the floor for a Python web
    process; serve-with-URL minus bare is our imports and app build; (b) minus serve-with-URL
    is the embedded server's start.
@@ -123,7 +123,7 @@ PIECES = (
     ("embedded server: start/adopt + db check (1st call)*", "embedded_begin", "embedded_end"),
     ("import uvicorn; wait for an early embedded start", "serve_begin", "open_begin"),
     ("open: embedded server URL", "resolve_begin", "resolve_end"),
-    ("open: engine build", "resolve_end", "migrate_begin"),
+    ("open: Database + SQLAlchemy engine for migrations", "resolve_end", "migrate_begin"),
     ("open: migration to head (a no-op here)", "migrate_begin", "migrate_end"),
     ("open: schema check", "migrate_end", "open_end"),
     ("app build (create_app)", "app_begin", "app_end"),
@@ -315,7 +315,7 @@ CASES = (
     ("first", "a) first start ever: initdb + start + migrate"),
     ("restart", "b) restart, embedded server stopped (the goal)"),
     ("adopt", "c) start, embedded server still running (adopted)"),
-    ("bare", "d) bare Starlette + asyncpg, system PostgreSQL"),
+    ("bare", "d) bare app (tuned HTTP limit), system PostgreSQL"),
     ("url", "d) tutorials serve, DATABASE_URL on the system PostgreSQL"),
     ("restart_nocache", "b) as this environment runs it: no bytecode cache (1 run)"),
 )
