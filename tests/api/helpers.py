@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 import httpx
+from fastapi import FastAPI
+from starlette.routing import Route
 
 
 async def fetch_rows(dsn: str) -> list[dict[str, object]]:
@@ -25,3 +29,27 @@ async def create(client: httpx.AsyncClient, **fields: object) -> httpx.Response:
     response = await client.post("/tutorials", json=body)
     assert response.status_code == 201, response.text
     return response
+
+
+def route_table(app: FastAPI) -> dict[str, set[str]]:
+    """Every path of `app` with its methods: the OpenAPI document's operations (the routers'
+    routes, however the framework keeps included routers) and the routes declared on the app
+    itself, hidden ones included (the page, /docs, the icons, /openapi.json)."""
+    table: dict[str, set[str]] = {}
+    for path, operations in app.openapi()["paths"].items():
+        table.setdefault(path, set()).update(method.upper() for method in operations)
+    for route in app.routes:
+        if isinstance(route, Route):  # FastAPI's APIRoute is one too
+            table.setdefault(route.path_format, set()).update(route.methods or ())
+    return table
+
+
+def concrete(path: str, samples: dict[str, str]) -> str:
+    """`path` with each `{name}` replaced by its sample (a missing sample fails the test)."""
+
+    def sample(match: re.Match[str]) -> str:
+        name = match.group(1)
+        assert name in samples, f"give the test a sample {name!r} for {path}"
+        return samples[name]
+
+    return re.sub(r"\{(\w+)(?::\w+)?\}", sample, path)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from fastapi.routing import RouteContext
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from tests.api.conftest import ClientFactory
-from tests.api.helpers import fetch_rows
+from tests.api.helpers import concrete, fetch_rows, route_table
 
 from tutorials.api import create_app
 from tutorials.api.security import (
@@ -19,7 +19,6 @@ from tutorials.api.security import (
     SAFE_METHODS,
     WriteGuard,
     WriteGuardMiddleware,
-    every_route,
     open_routes,
 )
 from tutorials.db.session import Database
@@ -147,19 +146,11 @@ async def test_no_tokens_means_open_writes(client: httpx.AsyncClient) -> None:
 PATH_VALUES = {"tutorial_id": "1", "name": "app.js"}
 
 
-def _concrete(route: RouteContext) -> str:
-    path = str(route.path_format)
-    for name in route.param_convertors:
-        assert name in PATH_VALUES, f"give PATH_VALUES a sample {name!r} for {path}"
-        path = path.replace("{" + name + "}", PATH_VALUES[name])
-    return path
-
-
 def _unsafe_requests(app: FastAPI) -> list[tuple[str, str]]:
     return [
-        (method, _concrete(route))
-        for route in every_route(app)
-        for method in sorted(route.methods or ())
+        (method, concrete(path, PATH_VALUES))
+        for path, methods in route_table(app).items()
+        for method in sorted(methods)
         if method not in SAFE_METHODS
     ]
 
@@ -188,7 +179,9 @@ async def test_every_unsafe_route_refuses_a_request_without_a_token(
     assert await fetch_rows(dsn) == []
     # The only open routes: the page's sign-in and sign-out, which check the token
     # themselves (and refused above, like every write, without a valid one).
-    assert sorted((str(r.path_format), *sorted(r.methods or ())) for r in open_routes(secured)) == [
+    opened = open_routes(secured)
+    assert all(isinstance(route, APIRoute) for route in opened)
+    assert sorted((r.path, *sorted(getattr(r, "methods", ()))) for r in opened) == [
         ("/session", "DELETE"),
         ("/session", "POST"),
     ]
@@ -205,6 +198,14 @@ async def test_only_a_route_declared_open_takes_writes_without_a_token() -> None
     async def guarded(request: Request) -> Response:
         return PlainTextResponse("guarded")
 
+    # Declared open inside an included router: not looked for, so it stays guarded.
+    router = APIRouter()
+
+    @router.post("/nested", openapi_extra=OPEN_TO_ANYONE)
+    async def nested() -> Response:
+        raise AssertionError("the guard let a write through")
+
+    app.include_router(router)
     guard = WriteGuard([SecretStr("token")])
     wrapped = WriteGuardMiddleware(app, guard=guard, open_routes=open_routes(app))
     transport = httpx.ASGITransport(app=wrapped)
@@ -212,6 +213,7 @@ async def test_only_a_route_declared_open_takes_writes_without_a_token() -> None
         assert (await client.post("/sign-in")).text == "open"
         assert (await client.post("/guarded")).status_code == 401
         assert (await client.put("/sign-in")).status_code == 401  # open for POST only
+        assert (await client.post("/nested")).status_code == 401
         allowed = await client.post("/guarded", headers={"Authorization": "Bearer token"})
         assert allowed.text == "guarded"
     document = app.openapi()

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import RouteContext, iter_route_contexts
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Match
@@ -81,16 +80,15 @@ def declared_open(route: BaseRoute) -> bool:
     return isinstance(extra, dict) and extra.get("security") == []
 
 
-def every_route(app: FastAPI) -> list[RouteContext]:
-    """Each route of `app`, those of included routers too, as routing sees it (FastAPI keeps
-    an included router as one entry of `app.routes`; `iter_route_contexts` walks into it,
-    as FastAPI's own OpenAPI generation does)."""
-    return list(iter_route_contexts(app.routes))
+def open_routes(app: FastAPI) -> list[BaseRoute]:
+    """The routes of `app` declared open to writers: what `WriteGuardMiddleware` lets through.
 
-
-def open_routes(app: FastAPI) -> list[RouteContext]:
-    """The routes of `app` declared open to writers: what `WriteGuardMiddleware` lets through."""
-    return [route for route in every_route(app) if declared_open(route.original_route)]
+    Only routes declared on the app itself are looked at (the page's sign-in and sign-out
+    are): a route of an included router that declares itself open is not found and stays
+    guarded, which is the safe way to be wrong. Routes are matched by Starlette's public
+    `BaseRoute.matches`, as the router itself matches them.
+    """
+    return [route for route in app.routes if declared_open(route)]
 
 
 class WriteGuardMiddleware:
@@ -98,9 +96,7 @@ class WriteGuardMiddleware:
     reach one of `open_routes` (of the app when it was built: a route declared later stays
     guarded). Does nothing when no tokens are configured."""
 
-    def __init__(
-        self, app: ASGIApp, guard: WriteGuard, open_routes: Iterable[RouteContext]
-    ) -> None:
+    def __init__(self, app: ASGIApp, guard: WriteGuard, open_routes: Iterable[BaseRoute]) -> None:
         self.app = app
         self.guard = guard
         self.open_routes = tuple(open_routes)
