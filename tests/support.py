@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import asyncpg
 import httpx
+import pytest
 from sqlalchemy.engine import URL
 
 from tutorials.db.url import parse_database_url
@@ -93,3 +94,26 @@ def client_limits(connections: int) -> httpx.Limits:
         max_keepalive_connections=connections,
         keepalive_expiry=CLIENT_KEEPALIVE_EXPIRY,
     )
+
+
+def write_figures_section(
+    terminalreporter: pytest.TerminalReporter, *, prefix: str, key: str, title: str
+) -> None:
+    """Print, at the end of the run, the figures the tests under `prefix` recorded in their
+    `user_properties` under `key`, one line per test with its outcome (so CI logs carry them)."""
+    lines = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid = getattr(report, "nodeid", "")
+            if getattr(report, "when", None) != "call" or not nodeid.startswith(prefix):
+                continue
+            outcome = report.outcome
+            if hasattr(report, "wasxfail"):
+                outcome = "xfailed" if report.skipped else "xpassed"
+            for name, value in getattr(report, "user_properties", ()):
+                if name == key:
+                    lines.append(f"{outcome:7} {nodeid}: {value}")
+    if lines:
+        terminalreporter.section(title)
+        for line in sorted(lines, key=lambda text: text.split(" ", 1)[1]):
+            terminalreporter.write_line(line)

@@ -23,6 +23,7 @@ from tests.reliability.harness import (
     private_clusters_available,
     remove_stale_rules,
 )
+from tests.support import write_figures_section
 
 FIGURES_KEY = "reliability_figures"
 SECTION_PREFIX = "tests/reliability/"
@@ -120,19 +121,6 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """List every fault test's figures at the end of the run (so CI logs carry them)."""
-    lines = []
-    for reports in terminalreporter.stats.values():
-        for report in reports:
-            nodeid = getattr(report, "nodeid", "")
-            if getattr(report, "when", None) != "call" or not nodeid.startswith(SECTION_PREFIX):
-                continue
-            outcome = report.outcome
-            if hasattr(report, "wasxfail"):
-                outcome = "xfailed" if report.skipped else "xpassed"
-            for key, value in getattr(report, "user_properties", ()):
-                if key == FIGURES_KEY:
-                    lines.append(f"{outcome:7} {nodeid}: {value}")
-    if lines:
-        terminalreporter.section("reliability figures")
-        for line in sorted(lines, key=lambda text: text.split(" ", 1)[1]):
-            terminalreporter.write_line(line)
+    write_figures_section(
+        terminalreporter, prefix=SECTION_PREFIX, key=FIGURES_KEY, title="reliability figures"
+    )

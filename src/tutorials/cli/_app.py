@@ -285,21 +285,10 @@ def print_json(value: BaseModel) -> None:
     sys.stdout.write(value.model_dump_json(indent=2) + "\n")
 
 
-#: The fields of a tutorial in the order they are shown.
-FIELDS = (
-    "tutorial_id",
-    "name",
-    "url",
-    "description",
-    "tags",
-    "created_at",
-    "updated_at",
-    "version",
-)
-
-
 def print_one(item: TutorialRecord) -> None:
-    """Human output for a single tutorial: every field on its own line, names aligned."""
+    """Human output for a single tutorial: every column on its own line, names aligned."""
+    from tutorials.repository import FIELDS  # loaded already: it made `item`
+
     width = max(len(field) for field in FIELDS)
     for field in FIELDS:
         value = getattr(item, field)

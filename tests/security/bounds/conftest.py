@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 from tests.reliability.harness import ServiceProcess, running_service, service_env
+from tests.support import write_figures_section
 
 FIGURES_KEY = "bounds_figures"
 SECTION_PREFIX = "tests/security/bounds/"
@@ -58,19 +59,6 @@ def serve(service_url: str, tmp_path: Path) -> Serve:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """List every bounds test's figures at the end of the run (so CI logs carry them)."""
-    lines = []
-    for reports in terminalreporter.stats.values():
-        for report in reports:
-            nodeid = getattr(report, "nodeid", "")
-            if getattr(report, "when", None) != "call" or not nodeid.startswith(SECTION_PREFIX):
-                continue
-            outcome = report.outcome
-            if hasattr(report, "wasxfail"):
-                outcome = "xfailed" if report.skipped else "xpassed"
-            for key, value in getattr(report, "user_properties", ()):
-                if key == FIGURES_KEY:
-                    lines.append(f"{outcome:7} {nodeid}: {value}")
-    if lines:
-        terminalreporter.section("bounds figures")
-        for line in sorted(lines, key=lambda text: text.split(" ", 1)[1]):
-            terminalreporter.write_line(line)
+    write_figures_section(
+        terminalreporter, prefix=SECTION_PREFIX, key=FIGURES_KEY, title="bounds figures"
+    )
