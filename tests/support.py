@@ -117,3 +117,15 @@ def write_figures_section(
         terminalreporter.section(title)
         for line in sorted(lines, key=lambda text: text.split(" ", 1)[1]):
             terminalreporter.write_line(line)
+
+
+def figures_recorder(request: pytest.FixtureRequest, key: str) -> Callable[..., None]:
+    """`record(name=value, ...)`: print a test's measured figures and keep them under `key`
+    in its `user_properties`, for `write_figures_section` at the end of the run."""
+
+    def record(**values: object) -> None:
+        line = ", ".join(f"{name}={value}" for name, value in values.items())
+        print(f"\nFIGURES {request.node.nodeid}: {line}")
+        request.node.user_properties.append((key, line))
+
+    return record

@@ -23,7 +23,7 @@ from tests.reliability.harness import (
     private_clusters_available,
     remove_stale_rules,
 )
-from tests.support import write_figures_section
+from tests.support import figures_recorder, write_figures_section
 
 FIGURES_KEY = "reliability_figures"
 SECTION_PREFIX = "tests/reliability/"
@@ -110,13 +110,7 @@ def require_iptables() -> None:
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Figures:
     """`figures(sent=..., faults=..., acknowledged=..., rows_found=..., recovery_ms=...)`."""
-
-    def report(**values: object) -> None:
-        line = ", ".join(f"{key}={value}" for key, value in values.items())
-        print(f"\nFIGURES {request.node.nodeid}: {line}")
-        request.node.user_properties.append((FIGURES_KEY, line))
-
-    return report
+    return figures_recorder(request, FIGURES_KEY)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

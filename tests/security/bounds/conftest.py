@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 from tests.reliability.harness import ServiceProcess, running_service, service_env
-from tests.support import write_figures_section
+from tests.support import figures_recorder, write_figures_section
 
 FIGURES_KEY = "bounds_figures"
 SECTION_PREFIX = "tests/security/bounds/"
@@ -30,13 +30,7 @@ Serve = Callable[..., AbstractAsyncContextManager[ServiceProcess]]
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Figures:
     """`figures(name=value, ...)`: this test's measured figures, for the end-of-run summary."""
-
-    def report(**values: object) -> None:
-        line = ", ".join(f"{key}={value}" for key, value in values.items())
-        print(f"\nFIGURES {request.node.nodeid}: {line}")
-        request.node.user_properties.append((FIGURES_KEY, line))
-
-    return report
+    return figures_recorder(request, FIGURES_KEY)
 
 
 @pytest.fixture
