@@ -135,13 +135,23 @@ def _prepare(cluster: PatroniCluster, leader: PatroniNode) -> None:
 
 
 async def _receiver_port(cluster: PatroniCluster, leader: PatroniNode) -> int:
-    """The replica's WAL receiver's port, as the leader's walsender sees it."""
+    """The replica's WAL receiver's port, as the leader's walsender sees it once streaming.
+
+    Patroni reports a replica as running before its WAL receiver has connected (and after a
+    restart of the receiver, for a moment, not at all): wait for the walsender, up to 30 s."""
     connection = await asyncpg.connect(cluster.node_dsn(leader, "postgres"), timeout=10)
     try:
-        port = await connection.fetchval("SELECT client_port FROM pg_stat_replication")
+        deadline = time.monotonic() + 30
+        while True:
+            port = await connection.fetchval(
+                "SELECT client_port FROM pg_stat_replication WHERE state = 'streaming'"
+            )
+            if isinstance(port, int) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await connection.close()
-    assert isinstance(port, int), "the replica is not streaming from the leader"
+    assert isinstance(port, int), "the replica did not stream from the leader within 30 s"
     return port
 
 
