@@ -28,7 +28,9 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.fixture
-def api_schema(database_url: URL, settings: Settings) -> Iterator[schemathesis.schemas.BaseSchema]:
+def api_schema(
+    database_url: URL, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[schemathesis.schemas.BaseSchema]:
     app_settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url.render_as_string(hide_password=False),
@@ -37,6 +39,7 @@ def api_schema(database_url: URL, settings: Settings) -> Iterator[schemathesis.s
         pgbouncer=settings.pgbouncer,  # TEST_PGBOUNCER=1 runs it through PgBouncer
     )
     app = create_app(app_settings)
+    monkeypatch.setenv("SCHEMATHESIS_TOKEN", TOKEN)  # read by the config's bearerAuth
     schema = schemathesis.openapi.from_asgi(
         "/openapi.json", app, config=SchemathesisConfig.from_path(CONFIG)
     )
@@ -58,4 +61,4 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     suppress_health_check=list(HealthCheck),
 )
 def test_the_api_keeps_the_promises_of_its_openapi_document(case: schemathesis.Case) -> None:
-    case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
+    case.call_and_validate()
