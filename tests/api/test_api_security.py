@@ -207,12 +207,14 @@ async def test_only_a_route_declared_open_takes_writes_without_a_token() -> None
 
     app.include_router(router)
     guard = WriteGuard([SecretStr("token")])
-    wrapped = WriteGuardMiddleware(app, guard=guard, open_routes=open_routes(app))
+    wrapped = WriteGuardMiddleware(app, guard=guard, routes=app.routes)
     transport = httpx.ASGITransport(app=wrapped)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         assert (await client.post("/sign-in")).text == "open"
         assert (await client.post("/guarded")).status_code == 401
-        assert (await client.put("/sign-in")).status_code == 401  # open for POST only
+        # Requests that run no route: the router's 405 and 404, nothing asked, nothing run.
+        assert (await client.put("/sign-in")).status_code == 405
+        assert (await client.post("/nowhere")).status_code == 404
         assert (await client.post("/nested")).status_code == 401
         allowed = await client.post("/guarded", headers={"Authorization": "Bearer token"})
         assert allowed.text == "guarded"

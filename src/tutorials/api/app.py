@@ -31,7 +31,7 @@ from tutorials.api.middleware import (
     RequestContextMiddleware,
 )
 from tutorials.api.openapi import build
-from tutorials.api.security import WriteGuard, WriteGuardMiddleware, open_routes
+from tutorials.api.security import WriteGuard, WriteGuardMiddleware
 from tutorials.db.budget import check_budget, check_timeouts
 from tutorials.db.database import Database
 from tutorials.db.migrate import head_revision, schema_is_current
@@ -164,7 +164,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.add_middleware(
         WriteGuardMiddleware,
         guard=app.state.write_guard,
-        open_routes=open_routes(app),
+        routes=app.routes,
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -28,6 +28,13 @@ MAX_ENTITY_TAGS = 64
 # One list element: `*`, `W/"..."`, `"..."`, or a bare token; elements are separated by commas
 # with optional whitespace, and empty elements are allowed (RFC 9110 §5.6.1).
 _ELEMENT = re.compile(r'(\*)|(W/)?"([\x21\x23-\x7e\x80-\xff]*)"|([\x21\x23-\x2b\x2d-\x7e]+)')
+#: What `parse` reads, as a JSON-schema pattern for the OpenAPI document (at most
+#: `MAX_ENTITY_TAGS` elements, empty ones included; ASCII, as clients send header values).
+_ELEMENT_PATTERN = r'(\*|(W/)?"[!#-~]*"|[!#-+\--~]+)'
+LIST_PATTERN = (
+    rf"^[ \t]*({_ELEMENT_PATTERN}[ \t]*)?"
+    rf"(,[ \t]*({_ELEMENT_PATTERN}[ \t]*)?){{0,{MAX_ENTITY_TAGS - 1}}}$"
+)
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _SPACES = re.compile(r"[ \t]*")
 

@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Header, Path, Query
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from tutorials.api.etags import LIST_PATTERN, MAX_ENTITY_TAGS
 from tutorials.schemas import (
     DEFAULT_PAGE,
     MAX_ID,
@@ -182,7 +183,10 @@ IfMatch = Annotated[
     Header(
         alias="If-Match",
         description='Only act if the tutorial is still at one of these entity tags (`"3"`, a '
-        "list, or `*`); otherwise 412.",
+        "list, or `*`); otherwise 412. A value that is not such a list is a 400, more than "
+        f"{MAX_ENTITY_TAGS} tags a 431 (read by `tutorials.api.etags`, which the pattern "
+        "describes).",
+        json_schema_extra={"pattern": LIST_PATTERN},
     ),
 ]
 IfNoneMatch = Annotated[

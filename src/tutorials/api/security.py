@@ -1,16 +1,16 @@
 """Bearer tokens for writes: with `TUTORIALS_API_TOKENS` set, every unsafe request needs one.
 
 The rule is enforced by structure, not by convention: `WriteGuardMiddleware` sits in front of
-the router and refuses any POST, PUT, PATCH or DELETE (any method but GET, HEAD, OPTIONS and
-TRACE, RFC 9110's safe methods) without a valid token, with 401 and the Bearer challenge,
-before a route, a body or the database is reached. A route added tomorrow is guarded the day
-it is added; it cannot forget to ask. The one way to exempt a write route is to declare it open
-in its own OpenAPI entry, `openapi_extra=OPEN_TO_ANYONE` (`security: []`, which is what the
-document then says to clients): the guard reads that declaration from the routes when the app
-is built. Only the page's sign-in and sign-out (`POST` / `DELETE /session`) are open: they
-check the token themselves, and a signed-in page's writes pass here with its session cookie and
-CSRF header (`tutorials.web.signin`) in place of the bearer header (403 when only the CSRF
-header is missing or wrong).
+the router and refuses any request with a method other than GET, HEAD, OPTIONS and TRACE
+(RFC 9110's safe methods) that would run a route, without a valid token, with 401 and the
+Bearer challenge, before a body or the database is reached. A route added tomorrow is guarded
+the day it is added; it cannot forget to ask. (A request that runs no route is left to the
+router's 404 or 405.) The one way to exempt a write route is to declare it, on the app itself,
+open in its own OpenAPI entry, `openapi_extra=OPEN_TO_ANYONE` (`security: []`, which is what
+the document then says to clients). Only the page's sign-in and sign-out (`POST` / `DELETE
+/session`) are open: they check the token themselves, and a signed-in page's writes pass here
+with its session cookie and CSRF header (`tutorials.web.signin`) in place of the bearer header
+(403 when only the CSRF header is missing or wrong).
 
 Reads stay open. Tokens are compared in constant time: both sides are hashed first (so the
 comparison does not even leak the length) and every configured token is compared, without
@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -81,7 +81,7 @@ def declared_open(route: BaseRoute) -> bool:
 
 
 def open_routes(app: FastAPI) -> list[BaseRoute]:
-    """The routes of `app` declared open to writers: what `WriteGuardMiddleware` lets through.
+    """The routes of `app` declared open to writers: those `WriteGuardMiddleware` lets through.
 
     Only routes declared on the app itself are looked at (the page's sign-in and sign-out
     are): a route of an included router that declares itself open is not found and stays
@@ -92,14 +92,21 @@ def open_routes(app: FastAPI) -> list[BaseRoute]:
 
 
 class WriteGuardMiddleware:
-    """Refuse unsafe requests without a valid bearer token (401 + challenge), unless they
-    reach one of `open_routes` (of the app when it was built: a route declared later stays
-    guarded). Does nothing when no tokens are configured."""
+    """Refuse unsafe requests without a valid bearer token (401 + challenge) when they would
+    run a route, unless that route is declared open (see `open_routes`). Does nothing when no
+    tokens are configured.
 
-    def __init__(self, app: ASGIApp, guard: WriteGuard, open_routes: Iterable[BaseRoute]) -> None:
+    `routes` is the app's own route list, read at each refusal, so a route added after the app
+    was built is guarded too. The route a request would run is found as Starlette's router
+    finds it: the first route whose public `matches` says FULL. A request that runs no route
+    (an unknown path: 404; a method the path does not take: 405) is left to the router, which
+    answers it without running anything; so a client learns that a method is not allowed
+    before it is asked for a token it could not use there."""
+
+    def __init__(self, app: ASGIApp, guard: WriteGuard, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.guard = guard
-        self.open_routes = tuple(open_routes)
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -107,17 +114,25 @@ class WriteGuardMiddleware:
             and scope["method"] not in SAFE_METHODS
             and self.guard.enabled
             and not self.guard.allows(_authorization(scope))
-            and not any(route.matches(scope)[0] is Match.FULL for route in self.open_routes)
         ):
-            verdict = self._page_session(scope)
-            if verdict is signin.Verdict.CSRF_REFUSED:
-                await problem_response(scope, 403, CSRF_REFUSAL)(scope, receive, send)
-                return
-            if verdict is not signin.Verdict.SIGNED_IN:
-                refusal = problem_response(scope, 401, REFUSAL, headers=CHALLENGE)
-                await refusal(scope, receive, send)
-                return
+            target = self._target(scope)
+            if target is not None and not declared_open(target):
+                verdict = self._page_session(scope)
+                if verdict is signin.Verdict.CSRF_REFUSED:
+                    await problem_response(scope, 403, CSRF_REFUSAL)(scope, receive, send)
+                    return
+                if verdict is not signin.Verdict.SIGNED_IN:
+                    refusal = problem_response(scope, 401, REFUSAL, headers=CHALLENGE)
+                    await refusal(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
+
+    def _target(self, scope: Scope) -> BaseRoute | None:
+        """The route the router will run for this request, None if it will run none."""
+        for route in self.routes:
+            if route.matches(scope)[0] is Match.FULL:
+                return route
+        return None
 
     def _page_session(self, scope: Scope) -> signin.Verdict:
         """The page's signed-in session and its CSRF header, standing in for a token."""
