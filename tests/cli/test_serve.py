@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 from tests.conftest import EmbeddedRoots
+from tests.support import free_port
 from typer.testing import CliRunner
 
 from tutorials.cli import app
@@ -31,12 +32,6 @@ from tutorials.db.embedded import EmbeddedPostgres
 from tutorials.db.url import parse_database_url
 
 runner = CliRunner()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Server:
