@@ -9,11 +9,8 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -22,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 from tests.conftest import EmbeddedRoots
+from tests.serving import ServiceProcess, service_env, start_service
 from tests.support import free_port
 from typer.testing import CliRunner
 
@@ -34,67 +32,18 @@ from tutorials.db.url import parse_database_url
 runner = CliRunner()
 
 
-class Server:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process = process
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.port = port
-        self.log = log
-
-    def log_lines(self) -> list[dict[str, object]]:
-        lines = self.log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-
-@contextmanager
-def serving(
-    database_url: URL, log: Path, *args: str, env: dict[str, str] | None = None
-) -> Iterator[Server]:
-    """`tutorials serve ARGS` on a free loopback port against this test's database, its output
-    in `log`, from when `/healthz` answers (within 60 s) until the block ends, then killed if
-    the test has not stopped it."""
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": database_url.render_as_string(hide_password=False),
-        "TUTORIALS_AUTO_MIGRATE": "false",
-        **(env or {}),
-    }
-    environment.pop("TUTORIALS_API_TOKENS", None)
-    argv = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*argv, "--port", str(port), *args],
-            env=environment,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    running = Server(process, port, log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{running.base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
-def server(database_url: URL, tmp_path: Path) -> Iterator[Server]:
-    with serving(database_url, tmp_path / "serve.log", "--graceful-timeout", "10") as running:
-        yield running
+def server(database_url: URL, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """`tutorials serve` on this test's database, from when /healthz answers; stopped after."""
+    url = database_url.render_as_string(hide_password=False)
+    service = start_service(service_env(url), tmp_path, "--graceful-timeout", "10")
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
-def test_serve_answers_on_loopback_and_stops_cleanly_on_sigterm(server: Server) -> None:
+def test_serve_answers_on_loopback_and_stops_cleanly_on_sigterm(server: ServiceProcess) -> None:
     with httpx.Client(base_url=server.base_url, timeout=5) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").json() == {"status": "ready"}
@@ -104,9 +53,9 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_sigterm(server: Server) 
         assert fetched.json()["name"] == "served"
         assert fetched.headers["x-request-id"] == "serve-get"
         assert client.get("/openapi.json").status_code == 200
-    server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(timeout=20) == 0
-    lines = server.log_lines()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=20) == 0
+    lines = server.json_lines()
     access = [line for line in lines if line.get("logger") == "tutorials.access"]
     assert any(
         line["request_id"] == "serve-get" and line["status"] == 200 and "duration_ms" in line
@@ -115,7 +64,9 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_sigterm(server: Server) 
     assert "server" not in {k.lower() for k in fetched.headers}  # no server banner
 
 
-def test_an_in_flight_request_finishes_before_the_server_stops(server: Server, dsn: str) -> None:
+def test_an_in_flight_request_finishes_before_the_server_stops(
+    server: ServiceProcess, dsn: str
+) -> None:
     body = json.dumps({"name": "in flight"}).encode()
     head = (
         f"POST /tutorials HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -124,14 +75,14 @@ def test_an_in_flight_request_finishes_before_the_server_stops(server: Server, d
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
         connection.sendall(head + body[:5])
         time.sleep(0.3)  # the request is being read when the stop arrives
-        server.process.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         connection.sendall(body[5:])
         answer = b""
         while chunk := connection.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
-    assert server.process.wait(timeout=20) == 0
+    assert server.wait(timeout=20) == 0
 
     async def names() -> list[str]:
         connection = await asyncpg.connect(dsn)
@@ -227,57 +178,21 @@ def _password_for(url: URL) -> str:
     return "pw-never-shown"
 
 
-def _serve(
-    url: str, log: Path, *args: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    environment = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "TUTORIALS_AUTO_MIGRATE": "false",
-        **(env or {}),
-    }
-    environment.pop("TUTORIALS_API_TOKENS", None)
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from tutorials.cli import main; main()",
-                "serve",
-                "--port",
-                str(port),
-                *args,
-            ],
-            env=environment,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.1)
-    return process, port
+def _serve(url: str, workdir: Path, *args: str, **settings: str) -> ServiceProcess:
+    """`tutorials serve ARGS` with `settings` (TUTORIALS_*), from when /readyz answers."""
+    return start_service(service_env(url, **settings), workdir, *args, ready_path="/readyz")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=20) == 0
+def _stop(service: ServiceProcess) -> None:
+    assert service.stop(timeout=20) == 0
 
 
 def test_serve_says_where_it_listens_in_one_json_line(database_url: URL, tmp_path: Path) -> None:
     password = _password_for(database_url)
     url = database_url.set(password=password).render_as_string(hide_password=False)
-    log = tmp_path / "serve.log"
-    process, port = _serve(url, log)
-    _stop(process)
-    text = log.read_text()
+    service = _serve(url, tmp_path)
+    _stop(service)
+    port, text = service.port, service.output()
     assert password not in text
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     (started,) = [line for line in lines if line["logger"] == "tutorials.serve"]
@@ -299,11 +214,10 @@ def test_serve_in_text_says_it_in_one_line_even_while_migrating(
 ) -> None:
     """A database behind the migrations: Alembic runs at start-up, and says nothing of its
     plugins; uvicorn's start-up lines give way to serve's own line."""
-    log = tmp_path / "serve.log"
     url = empty_database_url.render_as_string(hide_password=False)
-    process, port = _serve(url, log, "--log-format", "text", env={"TUTORIALS_AUTO_MIGRATE": "true"})
-    _stop(process)
-    lines = log.read_text().splitlines()
+    service = _serve(url, tmp_path, "--log-format", "text", TUTORIALS_AUTO_MIGRATE="true")
+    _stop(service)
+    port, lines = service.port, service.output().splitlines()
     shown = unquote(parse_database_url(url).rendered())
     assert re.fullmatch(
         rf"\d\d:\d\d:\d\d INFO    listening on http://127\.0\.0\.1:{port}, on "
@@ -318,11 +232,10 @@ def test_serve_in_text_says_it_in_one_line_even_while_migrating(
 def test_serve_json_logs_carry_no_alembic_plugin_noise(
     empty_database_url: URL, tmp_path: Path
 ) -> None:
-    log = tmp_path / "serve.log"
     url = empty_database_url.render_as_string(hide_password=False)
-    process, _port = _serve(url, log, env={"TUTORIALS_AUTO_MIGRATE": "true"})
-    _stop(process)
-    text = log.read_text()
+    service = _serve(url, tmp_path, TUTORIALS_AUTO_MIGRATE="true")
+    _stop(service)
+    text = service.output()
     assert "setup plugin" not in text
     assert '"logger": "tutorials.serve"' in text
 
@@ -337,35 +250,27 @@ def test_serve_on_the_embedded_server_names_its_data_directory(
     embedded_roots: EmbeddedRoots, tmp_path: Path
 ) -> None:
     root = embedded_roots.new(initdb=True)
-    log = tmp_path / "serve.log"
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     env["TUTORIALS_HOME"] = str(root)
-    port = free_port()
+    service = ServiceProcess(env=env, workdir=tmp_path, extra_args=("--log-format", "text"))
+    port = service.port
     try:
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [*SERVE, "--port", str(port), "--log-format", "text"],
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
+        service.start()
         deadline = time.monotonic() + 60
-        while "listening on" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
+        while "listening on" not in service.output():
+            assert service.alive(), service.output()
+            assert time.monotonic() < deadline, service.output()
             time.sleep(0.1)
-        _stop(process)
+        _stop(service)
     finally:
+        service.stop()
         EmbeddedPostgres(root).stop()
-    (line,) = [line for line in log.read_text().splitlines() if "listening on" in line]
+    (line,) = [line for line in service.output().splitlines() if "listening on" in line]
     assert line.endswith(
         f"listening on http://127.0.0.1:{port}, on the embedded PostgreSQL "
         f"postgresql://postgres@127.0.0.1:{_port_of(line)}/tutorials?passfile={root}/pgpass, "
         f"data directory {root / 'data'}; Ctrl-C stops it"
     ), line
-
-
-SERVE = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
 
 
 def _port_of(line: str) -> str:

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import URL
-from tests.cli.test_serve import Server, serving
+from tests.serving import ServiceProcess, service_env, start_service
 from typer.testing import CliRunner
 
 from tutorials.cli import app
@@ -53,29 +53,32 @@ def pool_size(dsn: str) -> int:
 
 
 @pytest.fixture
-def workers(database_url: URL, tmp_path: Path, pool_size: int) -> Iterator[Server]:
+def workers(database_url: URL, tmp_path: Path, pool_size: int) -> Iterator[ServiceProcess]:
+    env = service_env(
+        database_url.render_as_string(hide_password=False),
+        TUTORIALS_POOL_SIZE=str(pool_size),
+        TUTORIALS_SESSION_POOL_SIZE=str(SESSION_POOL),
+        TUTORIALS_WORKERS="1",
+    )
     temp = tmp_path / "tmp"  # where serve makes its metrics directory (TMPDIR)
     temp.mkdir()
-    env = {
-        "TUTORIALS_POOL_SIZE": str(pool_size),
-        "TUTORIALS_SESSION_POOL_SIZE": str(SESSION_POOL),
-        "TUTORIALS_WORKERS": "1",
-        "TMPDIR": str(temp),
-    }
-    log = tmp_path / "serve.log"
-    with serving(database_url, log, "--workers", "2", "--log-format", "json", env=env) as running:
-        yield running
+    env["TMPDIR"] = str(temp)
+    service = start_service(env, tmp_path, "--workers", "2", "--log-format", "json")
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
-def _access(server: Server, path: str) -> list[dict[str, object]]:
+def _access(server: ServiceProcess, path: str) -> list[dict[str, object]]:
     return [
         line
-        for line in server.log_lines()
+        for line in server.json_lines()
         if line.get("logger") == "tutorials.access" and line.get("path") == path
     ]
 
 
-def _pids(server: Server, path: str, count: int) -> set[object]:
+def _pids(server: ServiceProcess, path: str, count: int) -> set[object]:
     """The processes that answered `path`, once its `count` access lines are written."""
     deadline = time.monotonic() + 10
     while len(lines := _access(server, path)) < count:
@@ -84,13 +87,13 @@ def _pids(server: Server, path: str, count: int) -> set[object]:
     return {line["pid"] for line in lines}
 
 
-def _get(server: Server, path: str) -> httpx.Response:
+def _get(server: ServiceProcess, path: str) -> httpx.Response:
     """One request on a new connection, so the kernel may hand it to either worker."""
     return httpx.get(server.base_url + path, timeout=10, headers={"Connection": "close"})
 
 
 def test_workers_count_every_request_in_metrics_whichever_answers(
-    workers: Server, pool_size: int
+    workers: ServiceProcess, pool_size: int
 ) -> None:
     sent = 0
     # Until both workers have answered some (they take turns on new connections; bounded).
@@ -107,16 +110,16 @@ def test_workers_count_every_request_in_metrics_whichever_answers(
         assert f"tutorials_db_pool_size {2.0 * pool_size}" in text  # both workers' pools
     assert len(_pids(workers, "/metrics", scrapes)) == 2
 
-    workers.process.send_signal(signal.SIGTERM)
-    assert workers.process.wait(timeout=30) == 0
-    lines = workers.log_lines()
+    workers.send_signal(signal.SIGTERM)
+    assert workers.wait(timeout=30) == 0
+    lines = workers.json_lines()
     listening = next(line for line in lines if line.get("logger") == "tutorials.serve")
     per_worker = pool_size + SESSION_POOL
     assert f"2 x {per_worker} = {2 * per_worker} connections" in str(listening["message"])
     budget = [line for line in lines if "connection budget exceeded" in str(line["message"])]
     assert budget
     assert "2 worker(s)" in str(budget[0]["message"])
-    temp = Path(workers.log.parent / "tmp")
+    temp = workers.workdir / "tmp"
     assert [p.name for p in temp.iterdir() if p.name.startswith("tutorials-metrics-")] == []
 
 

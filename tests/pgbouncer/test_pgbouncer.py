@@ -180,7 +180,7 @@ ITERATIONS = 8
 async def test_the_service_under_32_clients_through_pgbouncer(
     bounced_url: URL, dsn: str, tmp_path: Path
 ) -> None:
-    from tests.reliability.harness import running_service, service_env
+    from tests.serving import running_service, service_env
 
     env = service_env(
         bounced_url.render_as_string(hide_password=False),

@@ -9,9 +9,9 @@ Everything here breaks things on purpose, so everything here is bounded and loca
   `postgres` user, because the server refuses to run as root.
 - `dropped_packets(port)` drops loopback TCP packets to one port with iptables (a dead network,
   not a refused connection), and always removes its rule.
-- `ServiceProcess` runs `tutorials serve` in a subprocess with an environment we choose, so a
-  test sees the real service (uvicorn, lifespan, pool) and can prove it never dies or resets a
-  connection while the database does.
+- the service in a subprocess is `tests.serving`'s, shared with every suite: a test sees the
+  real service (uvicorn, lifespan, pool) and can prove it never dies or resets a connection
+  while the database does.
 - `Outcomes` / `Prober` hold the figures each fault test prints: requests sent, faults
   injected, acknowledged writes, rows found, recovery time.
 
@@ -27,17 +27,17 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import httpx
 from sqlalchemy.engine import URL
+from tests.serving import LOOPBACK, known_settings
 from tests.support import client_limits, free_port, pg_bindir, run_async
 
 from tutorials.db.migrate import upgrade
@@ -46,7 +46,6 @@ from tutorials.settings import Settings
 
 PG_BIN = pg_bindir()
 ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
 
 
 def private_clusters_available() -> str | None:
@@ -315,17 +314,9 @@ class PrivateDb:
 Figures = Callable[..., None]
 
 
-def _known_settings(names: Iterable[str]) -> None:
-    """Refuse names Settings does not have: it ignores them, so a setting renamed or removed
-    (as `max_overflow` was) would silently leave a test running on the default."""
-    unknown = sorted(set(names) - set(Settings.model_fields))
-    if unknown:
-        raise TypeError(f"Settings has no {', '.join(unknown)}")
-
-
 def quiet_settings(**overrides: object) -> Settings:
     """Settings for test-made databases: no env file, no auto-migration, `overrides` applied."""
-    _known_settings(overrides)
+    known_settings(overrides)
     return Settings(_env_file=None, auto_migrate=False, **overrides)  # type: ignore[call-arg]
 
 
@@ -436,143 +427,6 @@ def dropped_packets(port: int) -> Iterator[None]:
 
 
 # The service in a subprocess ------------------------------------------------------------------
-
-
-def service_env(database_url: str, **settings: str) -> dict[str, str]:
-    """A clean environment for `tutorials serve`: ours, without the developer's TUTORIALS_*.
-
-    `settings` are `TUTORIALS_*` variables, each naming a setting that exists."""
-    _known_settings(name.removeprefix("TUTORIALS_").lower() for name in settings)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("TUTORIALS_") and key not in ("DATABASE_URL", "TEST_DATABASE_URL")
-    }
-    env["DATABASE_URL"] = database_url
-    env["TUTORIALS_AUTO_MIGRATE"] = "false"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(settings)
-    return env
-
-
-@dataclass
-class ServiceProcess:
-    """`tutorials serve` in a subprocess; its output goes to a file we can grep afterwards."""
-
-    env: dict[str, str]
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / f"service-{self.port}.log"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-c", "from tutorials.cli import main; main()",
-            "serve", "--port", str(self.port), *self.extra_args,
-        ]  # fmt: skip
-
-    def start(self) -> None:
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                env=self.env,
-                cwd=self.workdir,  # no developer .env here
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def wait_healthy(self, within: float = 30) -> None:
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=2) as client:
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    raise RuntimeError(f"the service exited early:\n{self.output()[-3000:]}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/healthz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"the service did not become healthy:\n{self.output()[-3000:]}")
-
-    def wait_healthy_blocking(self, within: float = 30) -> None:
-        """`wait_healthy` for sync fixtures (module-scoped services)."""
-        deadline = time.monotonic() + within
-        with httpx.Client(base_url=self.base_url, timeout=2) as client:
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    raise RuntimeError(f"the service exited early:\n{self.output()[-3000:]}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/healthz").status_code == 200:
-                        return
-                time.sleep(0.05)
-        raise RuntimeError(f"the service did not become healthy:\n{self.output()[-3000:]}")
-
-    def error_lines(self) -> list[str]:
-        """Log lines at level error or above (JSON lines) and any raw traceback."""
-        return [
-            line
-            for line in self.output().splitlines()
-            if '"level": "error"' in line
-            or '"level": "critical"' in line
-            or line.startswith("Traceback")
-        ]
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 15) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`; the exit code (None if it never started)."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-    def output(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-def start_service(env: dict[str, str], workdir: Path, *args: str) -> ServiceProcess:
-    """Start `tutorials serve` and block until /healthz answers (for sync module fixtures)."""
-    workdir.chmod(0o755)
-    service = ServiceProcess(env=env, workdir=workdir, extra_args=args)
-    service.start()
-    try:
-        service.wait_healthy_blocking()
-    except BaseException:
-        service.stop()
-        raise
-    return service
-
-
-@contextlib.asynccontextmanager
-async def running_service(
-    env: dict[str, str], workdir: Path, *extra_args: str
-) -> AsyncIterator[ServiceProcess]:
-    """Start the service, wait for /healthz, yield it, and always stop it."""
-    service = ServiceProcess(env=env, workdir=workdir, extra_args=extra_args)
-    service.start()
-    try:
-        await service.wait_healthy()
-        yield service
-    finally:
-        service.stop()
 
 
 # Figures ----------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.reliability.harness import LOOPBACK, PG_BIN, free_port
+from tests.reliability.harness import PG_BIN
+from tests.serving import LOOPBACK
+from tests.support import free_port
 
 PATRONI = shutil.which("patroni") or "/usr/bin/patroni"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"

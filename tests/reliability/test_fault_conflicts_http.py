@@ -17,15 +17,13 @@ import pytest
 from tests.reliability.harness import (
     Figures,
     PrivateDb,
-    ServiceProcess,
     fault_attempts,
     install_fault_trigger,
     ms,
     plan_faults,
     scalar,
-    service_env,
-    start_service,
 )
+from tests.serving import ServiceProcess, service_env, start_service
 from tests.support import client_limits, run_async
 
 ATTEMPTS = 3

@@ -42,8 +42,6 @@ from tests.reliability.harness import (
     iptables_available,
     ms,
     quiet_settings,
-    running_service,
-    service_env,
 )
 from tests.reliability.patroni import (
     Etcd,
@@ -55,6 +53,7 @@ from tests.reliability.patroni import (
     remove_stale_cuts,
     replication_cut,
 )
+from tests.serving import running_service, service_env
 
 from tutorials.db.database import Database
 from tutorials.db.migrate import upgrade

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.reliability.harness import Figures, PrivateDb, scalar, service_env, sessions_of
+from tests.reliability.harness import Figures, PrivateDb, scalar, sessions_of
+from tests.serving import service_env
 
 ROWS = 30_000
 BATCH = 1_000

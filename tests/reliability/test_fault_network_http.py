@@ -14,14 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.reliability.harness import (
-    Figures,
-    PrivateDb,
-    dropped_packets,
-    ms,
-    running_service,
-    service_env,
-)
+from tests.reliability.harness import Figures, PrivateDb, dropped_packets, ms
+from tests.serving import running_service, service_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_iptables")]
 

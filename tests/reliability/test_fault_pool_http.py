@@ -17,16 +17,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 import httpx
 import pytest
-from tests.reliability.harness import (
-    Figures,
-    PrivateDb,
-    ServiceProcess,
-    ms,
-    quiet_settings,
-    service_env,
-    sessions_of,
-    start_service,
-)
+from tests.reliability.harness import Figures, PrivateDb, ms, quiet_settings, sessions_of
+from tests.serving import ServiceProcess, service_env, start_service
 
 from tutorials.api import create_app
 from tutorials.db.session import Database

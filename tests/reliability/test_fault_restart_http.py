@@ -25,13 +25,11 @@ from tests.reliability.harness import (
     Outcomes,
     PrivateDb,
     Prober,
-    ServiceProcess,
     http_write_load,
     ms,
     scalar,
-    service_env,
-    start_service,
 )
+from tests.serving import ServiceProcess, service_env, start_service
 
 CLIENTS = 32
 LOAD_BEFORE = 1.0

@@ -34,10 +34,9 @@ from tests.reliability.harness import (
     http_write_load,
     ms,
     quiet_settings,
-    running_service,
     scalar,
-    service_env,
 )
+from tests.serving import running_service, service_env
 from tests.support import run_async
 
 from tutorials.db.migrate import alembic_config, head_revision, upgrade

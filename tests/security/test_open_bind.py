@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from tests.reliability.harness import free_port
+from tests.support import free_port
 from typer.testing import CliRunner
 
 from tutorials.cli import app as cli_app

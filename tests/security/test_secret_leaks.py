@@ -19,12 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import ValidationError
-from tests.reliability.harness import (
-    PrivateCluster,
-    private_clusters_available,
-    running_service,
-    service_env,
-)
+from tests.reliability.harness import PrivateCluster, private_clusters_available
+from tests.serving import running_service, service_env
 from typer.testing import CliRunner
 
 from tutorials.cli import app as cli_app

@@ -2,7 +2,7 @@
 loopback sockets, and the figures each test reports.
 
 The HTTP-level bounds (head size, timeouts, stalled exports, hosts) only exist in a real
-server, so those tests drive `tutorials serve` (see `tests.reliability.harness.ServiceProcess`)
+server, so those tests drive `tutorials serve` (see `tests.serving.ServiceProcess`)
 over real sockets on 127.0.0.1, with short timeouts set through the environment so that every
 test ends in seconds. Figures are printed at once (visible with `-s`), attached to the test's
 report, and listed again in a "bounds figures" section at the end of the run.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import URL
-from tests.reliability.harness import ServiceProcess, running_service, service_env
+from tests.serving import ServiceProcess, running_service, service_env
 from tests.support import figures_recorder, write_figures_section
 
 FIGURES_KEY = "bounds_figures"
