@@ -303,12 +303,13 @@ async def checkout(args: argparse.Namespace) -> list[str]:
             await pool.close()
     finally:
         stop_cluster(cluster)
-    lines = [
-        "### replica freshness: poll vs ask at checkout (get by id on the replica)",
-        "",
-        "| how | tasks | ops/s | CPU µs/op | p50 ms |",
-        "|---|---|---|---|---|",
-    ]
+    title = "### replica freshness: poll vs ask at checkout (get by id on the replica)"
+    return _table(title, results)
+
+
+def _table(title: str, results: dict[tuple[str, int], list[Sample]]) -> list[str]:
+    """A Markdown table of `results` (how, tasks) -> samples: medians of ops/s, CPU, p50."""
+    lines = [title, "", "| how | tasks | ops/s | CPU µs/op | p50 ms |", "|---|---|---|---|---|"]
     for (name, tasks), samples in results.items():
         lines.append(
             f"| {name} | {tasks} | {statistics.median(s.per_second for s in samples):,.0f} | "
@@ -342,19 +343,7 @@ async def pgbouncer(args: argparse.Namespace) -> list[str]:
             bouncer.stop()
     finally:
         stop_cluster(cluster)
-    lines = [
-        "### PgBouncer (transaction mode): carrying the timeouts (get by id)",
-        "",
-        "| how | tasks | ops/s | CPU µs/op | p50 ms |",
-        "|---|---|---|---|---|",
-    ]
-    for (name, tasks), samples in results.items():
-        lines.append(
-            f"| {name} | {tasks} | {statistics.median(s.per_second for s in samples):,.0f} | "
-            f"{statistics.median(s.cpu_us for s in samples):,.0f} | "
-            f"{statistics.median(s.p50_ms for s in samples):.2f} |"
-        )
-    return lines
+    return _table("### PgBouncer (transaction mode): carrying the timeouts (get by id)", results)
 
 
 SETS = (
