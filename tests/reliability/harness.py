@@ -320,22 +320,26 @@ def quiet_settings(**overrides: object) -> Settings:
     return Settings(_env_file=None, auto_migrate=False, **overrides)  # type: ignore[call-arg]
 
 
-async def accepts_connections(dsn: str, within: float = 0.5) -> bool:
-    """One raw asyncpg connect + `SELECT 1`: the server's own view of "up"."""
+async def _connect_and_check(dsn: str, within: float = 0.5) -> asyncpg.Connection | None:
+    """A fresh connection that has answered `SELECT 1`, or None."""
     # Any failure means "not up" (a probe cut off mid-way can even leave asyncpg's protocol in
     # an internal error state): the probe never fails the test itself.
     try:
         connection = await asyncpg.connect(dsn, timeout=within)
     except Exception:
-        return False
+        return None
+    if await _still_answers(connection, within):
+        return connection
+    connection.terminate()
+    return None
+
+
+async def _still_answers(connection: asyncpg.Connection, within: float = 0.5) -> bool:
     try:
         await asyncio.wait_for(connection.fetchval("SELECT 1"), within)
-        return True
     except Exception:
         return False
-    finally:
-        with contextlib.suppress(Exception):
-            connection.terminate()
+    return True
 
 
 async def scalar(dsn: str, query: str, *args: object) -> object:
@@ -467,7 +471,14 @@ class Outcomes:
 
 @dataclass
 class Prober:
-    """Polls the server with raw connections; remembers when it went down and came back."""
+    """Watches the server through one held connection; remembers when it went down and came back.
+
+    While the server is up the prober keeps a connection open and runs `SELECT 1` on it every
+    `interval`: a restart or a crash restart terminates every backend, so the held connection
+    always sees the fault, however quickly the server is back (a crash recovery can take less
+    time than one polling interval, so fresh connections alone can miss it). While it is down,
+    the prober tries a fresh connection every `interval`; the first that answers marks it up.
+    """
 
     dsn: str
     interval: float = 0.01
@@ -475,19 +486,27 @@ class Prober:
     up_at: list[float] = field(default_factory=list)
     #: Set each time the server comes back after being seen down.
     came_back: asyncio.Event = field(default_factory=asyncio.Event)
-    _up: bool = True
 
     async def run(self, stop: asyncio.Event, deadline: float) -> None:
-        while not stop.is_set() and time.monotonic() < deadline:
-            up = await accepts_connections(self.dsn, within=0.5)
-            now = time.monotonic()
-            if up and not self._up:
-                self.up_at.append(now)
-                self.came_back.set()
-            elif not up and self._up:
-                self.down_at.append(now)
-            self._up = up
-            await asyncio.sleep(self.interval)
+        held = await _connect_and_check(self.dsn)
+        if held is None:
+            raise AssertionError("the server was down before the prober started")
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                if held is not None:
+                    if not await _still_answers(held):
+                        self.down_at.append(time.monotonic())
+                        held.terminate()
+                        held = None
+                else:
+                    held = await _connect_and_check(self.dsn)
+                    if held is not None:
+                        self.up_at.append(time.monotonic())
+                        self.came_back.set()
+                await asyncio.sleep(self.interval)
+        finally:
+            if held is not None:
+                held.terminate()
 
     async def wait_back(self, within: float) -> None:
         """Until the server was seen down and then up again (or `within` seconds passed)."""
