@@ -15,14 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from tests.reliability.harness import (
-    Figures,
-    PrivateCluster,
-    PrivateDb,
-    iptables_available,
-    private_clusters_available,
-    remove_stale_rules,
-)
+from tests.clusters import PrivateCluster, private_clusters_available
+from tests.reliability.harness import Figures, PrivateDb, iptables_available, remove_stale_rules
 from tests.support import figures_recorder, write_figures_section
 
 FIGURES_KEY = "reliability_figures"

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.reliability.harness import PG_BIN
+from tests.clusters import PG_BIN
 from tests.serving import LOOPBACK
 from tests.support import free_port
 

@@ -35,14 +35,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from tests.reliability.harness import (
-    Figures,
-    Outcomes,
-    http_write_load,
-    iptables_available,
-    ms,
-    quiet_settings,
-)
+from tests.clusters import quiet_settings
+from tests.reliability.harness import Figures, Outcomes, http_write_load, iptables_available, ms
 from tests.reliability.patroni import (
     Etcd,
     PatroniCluster,

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from tests.reliability.harness import Figures, PrivateCluster, scalar
+from tests.clusters import PrivateCluster
+from tests.reliability.harness import Figures, scalar
 from tests.serving import service_env
 
 from tutorials.db.migrate import LOCK_WAIT_MARK, MIGRATION_LOCK_KEY, head_revision

@@ -14,14 +14,8 @@ import asyncio
 import time
 
 import pytest
-from tests.reliability.harness import (
-    Figures,
-    PrivateDb,
-    dropped_packets,
-    ms,
-    quiet_settings,
-    scalar,
-)
+from tests.clusters import quiet_settings
+from tests.reliability.harness import Figures, PrivateDb, dropped_packets, ms, scalar
 
 from tutorials import repository, service
 from tutorials.db.database import Connection

@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 import httpx
 import pytest
-from tests.reliability.harness import Figures, PrivateDb, ms, quiet_settings, sessions_of
+from tests.clusters import quiet_settings
+from tests.reliability.harness import Figures, PrivateDb, ms, sessions_of
 from tests.serving import ServiceProcess, service_env, start_service
 
 from tutorials.api import create_app

@@ -21,15 +21,8 @@ from collections.abc import Awaitable
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from tests.reliability.harness import (
-    Figures,
-    PrivateDb,
-    ms,
-    open_transactions,
-    quiet_settings,
-    scalar,
-    sessions_of,
-)
+from tests.clusters import quiet_settings
+from tests.reliability.harness import Figures, PrivateDb, ms, open_transactions, scalar, sessions_of
 
 from tutorials import repository
 from tutorials.db.database import Connection

@@ -17,15 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from tests.reliability.harness import (
-    Figures,
-    Outcomes,
-    PrivateDb,
-    Prober,
-    ms,
-    quiet_settings,
-    scalar,
-)
+from tests.clusters import quiet_settings
+from tests.reliability.harness import Figures, Outcomes, PrivateDb, Prober, ms, scalar
 
 from tutorials import service
 from tutorials.db.session import Database

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from tests.clusters import quiet_settings
 from tests.reliability.harness import (
     Figures,
     PrivateDb,
@@ -22,7 +23,6 @@ from tests.reliability.harness import (
     install_fault_trigger,
     ms,
     plan_faults,
-    quiet_settings,
     scalar,
 )
 

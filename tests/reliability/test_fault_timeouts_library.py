@@ -14,14 +14,8 @@ import time
 import asyncpg
 import pytest
 from sqlalchemy import text
-from tests.reliability.harness import (
-    Figures,
-    PrivateDb,
-    ms,
-    open_transactions,
-    quiet_settings,
-    sessions_of,
-)
+from tests.clusters import quiet_settings
+from tests.reliability.harness import Figures, PrivateDb, ms, open_transactions, sessions_of
 
 from tutorials import repository, service
 from tutorials.db.session import Database

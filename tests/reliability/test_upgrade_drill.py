@@ -26,14 +26,13 @@ import asyncpg
 import httpx
 import pytest
 from alembic.script import ScriptDirectory
+from tests.clusters import PrivateCluster, quiet_settings
 from tests.reliability.harness import (
     Figures,
     Outcomes,
-    PrivateCluster,
     classify_answer,
     http_write_load,
     ms,
-    quiet_settings,
     scalar,
 )
 from tests.serving import running_service, service_env

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import ValidationError
-from tests.reliability.harness import PrivateCluster, private_clusters_available
+from tests.clusters import PrivateCluster, private_clusters_available
 from tests.serving import running_service, service_env
 from typer.testing import CliRunner
 
