@@ -164,6 +164,10 @@ def test_names_tags_and_queries_are_nfc() -> None:
         ("ภาษาไทย", "ภาษาไทย"),
         ("🐍", "🐍"),
         ("👩\u200d💻", "👩\u200d💻"),  # an emoji sequence keeps its joiner
+        ("🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",) * 2,  # Scotland's flag
+        # Unicode 15 (2022), unknown to Python 3.11's Unicode database: the same on every Python.
+        ("\U0001fae8", "\U0001fae8"),
+        ("\ue000", "\ue000"),  # private use (icon fonts)
         ("C++", "c++"),
     ],
 )
@@ -171,7 +175,13 @@ def test_tags_of_any_script(tag: str, stored: str) -> None:
     assert TutorialCreate(name="x", tags=[tag]).tags == [stored]
 
 
-@pytest.mark.parametrize("tag", ["a,b", "a;b", "tab\tinside", "line\nbreak", "zero\u200bwidth", ""])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "a,b", "a;b", "tab\tinside", "line\nbreak", "zero\u200bwidth", "",
+        "no\u00a0break", "bidi\u202eoverride", "non\ufdd0character", "lone\ud800surrogate",
+    ],
+)  # fmt: skip
 def test_tags_no_face_accepts(tag: str) -> None:
     with pytest.raises(ValidationError):
         TutorialCreate(name="x", tags=[tag])

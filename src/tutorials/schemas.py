@@ -116,16 +116,30 @@ URL_PATTERN = (
 )
 
 _ZERO_WIDTH_JOINER = "\u200d"  # inside emoji sequences (👩‍💻)
+#: Emoji tag sequences (the flags of England, Scotland, Wales) spell their region in these.
+_EMOJI_TAGS = range(0xE0020, 0xE0080)
+#: What no tag may hold: control, format and surrogate characters, and separators (spaces,
+#: line and paragraph separators).
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
+
+
+def _noncharacter(code: int) -> bool:
+    """Unicode's 66 permanent noncharacters (U+FDD0..U+FDEF, and U+xFFFE, U+xFFFF of each plane)."""
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
 
 
 def _tag_char(char: str) -> bool:
-    """A character a tag may hold anywhere (the space is allowed only inside)."""
+    """A character a tag may hold anywhere (the space is allowed only inside).
+
+    A rule of what is refused, not of what is allowed: code points this Python's Unicode
+    database does not know yet are accepted (a new emoji typed on a new phone must not depend
+    on which Python the service runs on), and so are private-use characters (icon fonts).
+    """
     if char.isascii():
         return "!" <= char <= "~" and char not in ",;"
-    category = unicodedata.category(char)[0]
-    if category == "C":
-        return char == _ZERO_WIDTH_JOINER
-    return category != "Z"
+    if char == _ZERO_WIDTH_JOINER or ord(char) in _EMOJI_TAGS:
+        return True
+    return not _noncharacter(ord(char)) and unicodedata.category(char) not in _REFUSED_CATEGORIES
 
 
 @functools.cache
@@ -133,14 +147,23 @@ def tag_pattern() -> str:
     """1..64 characters of any script (letters, marks, digits, punctuation, symbols, emoji),
     spaces only inside, no `,` or `;`; surrounding spaces are trimmed.
 
-    Published in the OpenAPI document; built on first use (it enumerates Unicode, ≈ 0.3 s),
-    not at import. `normalise_tag` applies the same rule character by character, and
-    tests/test_schemas.py checks that the two agree.
+    Published in the OpenAPI document; built on first use (it walks Unicode, ≈ 0.3 s), not at
+    import. Written as negated classes of the few refused characters: a class that lists the
+    allowed ones names a million code points, and generators that expand a class code point by
+    code point (Hypothesis's `from_regex`, under Schemathesis) spent minutes on it.
+    `normalise_tag` applies the same rule character by character, and tests/test_schemas.py
+    checks that the two agree.
     """
-    codes = [code for code in range(sys.maxunicode + 1) if _tag_char(chr(code))]
-    inner = char_class([*codes, 0x20])
-    first = char_class(codes)
-    return f"^ *[{first}](?:[{inner}]{{0,{TAG_MAX - 2}}}[{first}])? *$"
+    # Surrogates are left out: a lone one is not Unicode text, JSON Schema's regex engines
+    # refuse to name it, and `normalise_tag` refuses it anyway.
+    refused = [
+        code
+        for code in range(sys.maxunicode + 1)
+        if not (_tag_char(chr(code)) or 0xD800 <= code <= 0xDFFF)
+    ]
+    first = char_class(refused)
+    inner = char_class(code for code in refused if code != 0x20)
+    return f"^ *[^{first}](?:[^{inner}]{{0,{TAG_MAX - 2}}}[^{first}])? *$"
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -162,8 +185,8 @@ URL_RULE = (
     "(percent-encode other characters; write international hosts in their xn-- form)"
 )
 TAG_RULE = (
-    f"must have 1 to {TAG_MAX} letters, digits, punctuation or symbols, spaces only inside, "
-    "and no ',' or ';' or control characters such as NUL"
+    f"must have 1 to {TAG_MAX} letters, digits, punctuation, symbols or emoji, spaces only "
+    "inside, and no ',' or ';', other whitespace, or control or format characters such as NUL"
 )
 TEXT_RULE = "must not contain NUL characters"
 

@@ -51,9 +51,6 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-# One item runs every operation (13 of them): building the strategies of the tag pattern (all
-# of Unicode) alone takes minutes on a loaded 2-core machine, past the suite's 300 s default.
-@pytest.mark.timeout(900)
 @settings(
     max_examples=25,
     derandomize=True,
