@@ -7,8 +7,10 @@ transaction mode started for the run (`tests/pgbouncer/harness.py`), with the se
 `pgbouncer` mode on; databases are still created, and rows checked (`dsn`), directly.
 
 Isolation: the migrations run once into a template database; each test that asks for a
-database gets a fresh copy (`CREATE DATABASE ... TEMPLATE`), dropped afterwards. No state is
-shared between tests, and no test depends on another's order.
+database gets a copy of its own (`CREATE DATABASE ... TEMPLATE`). A copy a test gives back is
+handed to a later test only once it is verified to be the template again (same schema, emptied;
+`tests/databases.py`), and dropped otherwise. No state is shared between tests, and no test
+depends on another's order.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
+from tests.databases import TemplateCopies
 from tests.skips import allowed as allowed_skip
 from tests.support import admin_execute, asyncpg_dsn, run_async
 
@@ -156,11 +159,14 @@ def other_user() -> str:
     try:
         pwd.getpwnam(OTHER_USER)
     except KeyError:
-        subprocess.run(
+        made = subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
         )
+        # Exit 9: a parallel worker created it first.
+        assert made.returncode in (0, 9), made.stderr
     return OTHER_USER
 
 
@@ -214,10 +220,9 @@ def template_name(server_url: URL) -> Iterator[str]:
     run_async(lambda: admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _fresh_database(server_url: URL, template: str | None) -> Iterator[URL]:
+def _fresh_database(server_url: URL) -> Iterator[URL]:
     name = f"tutorials_test_{uuid.uuid4().hex[:12]}"
-    source = f' TEMPLATE "{template}"' if template else ""
-    run_async(lambda: admin_execute(server_url, f'CREATE DATABASE "{name}"{source}'))
+    run_async(lambda: admin_execute(server_url, f'CREATE DATABASE "{name}"'))
     try:
         yield server_url.set(database=name)
     finally:
@@ -249,10 +254,20 @@ def bouncer(server_url: URL) -> Iterator[object]:
         running.stop()
 
 
+@pytest.fixture(scope="session")
+def template_copies(server_url: URL, template_name: str) -> Iterator[TemplateCopies]:
+    """Copies of the template, given back and verified rather than dropped (tests/databases.py)."""
+    copies = TemplateCopies(server_url, template_name)
+    yield copies
+    copies.close()
+
+
 @pytest.fixture
-def direct_database_url(server_url: URL, template_name: str) -> Iterator[URL]:
-    """A fresh database of this test's own, at the migrations' head, on the server itself."""
-    yield from _fresh_database(server_url, template_name)
+def direct_database_url(server_url: URL, template_copies: TemplateCopies) -> Iterator[URL]:
+    """A database of this test's own, at the migrations' head and empty, on the server itself."""
+    name = template_copies.take()
+    yield server_url.set(database=name)
+    template_copies.give_back(name)
 
 
 @pytest.fixture
@@ -270,7 +285,7 @@ def database_url(direct_database_url: URL, bouncer: object) -> URL:
 @pytest.fixture
 def empty_database_url(server_url: URL) -> Iterator[URL]:
     """A fresh empty database (no migrations applied)."""
-    yield from _fresh_database(server_url, None)
+    yield from _fresh_database(server_url)
 
 
 @pytest.fixture
@@ -351,7 +366,7 @@ class _SkipGuard:
             and allowed_skip(report.nodeid) is None
         ):
             longrepr = report.longrepr
-            reason = longrepr[2] if isinstance(longrepr, tuple) else longrepr
+            reason = longrepr[2] if isinstance(longrepr, (tuple, list)) else longrepr
             self.unexpected.append(f"{report.nodeid}: {reason}")
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
