@@ -26,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -141,34 +142,41 @@ async def sessions_of(dsn: str, application_name: str) -> list[dict[str, object]
 # A dead network --------------------------------------------------------------------------------
 
 
-#: Every rule we add carries this comment, so one left behind by a killed run can be found.
+#: Every rule we add carries this comment and the pid of the process that added it, so one left
+#: behind by a killed run can be found, and a run in parallel (pytest-xdist workers) keeps its own.
 RULE_COMMENT = "tutorials-reliability"
 
 
-def _rule(port: int) -> list[str]:
+def _rule(port: int, pid: int | None = None) -> list[str]:
+    comment = f"{RULE_COMMENT}-{os.getpid() if pid is None else pid}"
     return [
         "INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port),
-        "-m", "comment", "--comment", RULE_COMMENT, "-j", "DROP",
+        "-m", "comment", "--comment", comment, "-j", "DROP",
     ]  # fmt: skip
 
 
-def _iptables(action: str, port: int) -> None:
+def _iptables(action: str, port: int, pid: int | None = None) -> None:
     subprocess.run(
-        ["iptables", "-w", "5", action, *_rule(port)], check=True, capture_output=True, timeout=30
-    )
+        ["iptables", "-w", "5", action, *_rule(port, pid)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
 
 
 def remove_stale_rules() -> int:
-    """Delete DROP rules a previous, killed run left behind (ours only, by their comment)."""
+    """Delete DROP rules left behind by a run that was killed (ours only, by their comment,
+    and only those whose process is gone)."""
     listed = subprocess.run(
         ["iptables", "-w", "5", "-S", "INPUT"], capture_output=True, text=True, timeout=30
     )
     removed = 0
     for line in listed.stdout.splitlines():
-        if f"--comment {RULE_COMMENT}" in line and "--dport" in line:
-            port = int(line.split("--dport", 1)[1].split()[0])
-            _iptables("-D", port)
-            removed += 1
+        if f"--comment {RULE_COMMENT}-" not in line or "--dport" not in line:
+            continue
+        pid = int(line.split(f"--comment {RULE_COMMENT}-", 1)[1].split()[0])
+        if pid != os.getpid() and Path(f"/proc/{pid}").exists():
+            continue  # another live run's rule (a parallel worker): not ours to remove
+        _iptables("-D", int(line.split("--dport", 1)[1].split()[0]), pid)
+        removed += 1
     return removed
 
 
@@ -180,9 +188,6 @@ def dropped_packets(port: int) -> Iterator[None]:
         yield
     finally:
         _iptables("-D", port)
-
-
-# The service in a subprocess ------------------------------------------------------------------
 
 
 # Figures ----------------------------------------------------------------------------------------

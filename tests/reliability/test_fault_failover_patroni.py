@@ -214,7 +214,14 @@ async def _fail_over(
         alive = service.alive()
         errors = service.error_lines()
     failures = [t for t in outcomes.failure_times if t >= killed_at]
-    first_ok = outcomes.first_success_after(failures[0]) if failures else None
+    # The first write acknowledged by the new primary. Backends of the killed postmaster can
+    # still commit a write in flight for a moment (they notice the postmaster's death at their
+    # next check), and such a late success is not the recovery; the watcher polls every 50 ms,
+    # hence the margin.
+    first_ok = outcomes.first_success_after(promoted_at - 1.0) if promoted_at else None
+    orphaned = sum(
+        killed_at <= t < (promoted_at or killed_at) - 1.0 for t in outcomes.success_times
+    )
     acknowledged = sorted(outcomes.acknowledged)
     found = await _found(cluster, other, acknowledged)
     lost = len(acknowledged) - found
@@ -230,6 +237,7 @@ async def _fail_over(
         first_2xx_after_kill_ms=ms(first_ok - killed_at if first_ok else None),
         promoted_after_ms=ms(promoted_at - killed_at if promoted_at else None),
         acknowledged_lost=lost,
+        acknowledged_by_the_dying_primary=orphaned,
         error_log_lines=len(errors),
     )
     assert alive, "the service died"
@@ -237,7 +245,6 @@ async def _fail_over(
     assert outcomes.unavailable > 0, "no client saw the failover: nothing was tested"
     assert promoted_at is not None, "Patroni never promoted the replica"
     assert first_ok is not None and first_ok - killed_at <= RECOVERY_LIMIT
-    assert first_ok >= promoted_at - 1.0  # writes came back on the new primary
     return outcomes, lost
 
 
