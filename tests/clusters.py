@@ -39,13 +39,19 @@ def private_clusters_available() -> str | None:
         return f"PostgreSQL server binaries not found in {PG_BIN}"
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser: cannot start PostgreSQL as postgres"
-    if os.geteuid() == 0:
-        try:
-            import pwd
+    return missing_postgres_user("PostgreSQL")
 
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "running as root and there is no postgres user to run PostgreSQL as"
+
+def missing_postgres_user(program: str) -> str | None:
+    """As root, servers run as the `postgres` user: why `program` cannot, if it is missing."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return f"running as root and there is no postgres user to run {program} as"
     return None
 
 

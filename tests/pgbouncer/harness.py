@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import URL
+from tests.clusters import missing_postgres_user
 from tests.support import free_port
 
 LOOPBACK = "127.0.0.1"
@@ -39,14 +40,7 @@ def unavailable() -> str | None:
     """None when a PgBouncer can be run here; otherwise why not (a skip reason)."""
     if pgbouncer_binary() is None:
         return "pgbouncer is not installed (apt-get install -y pgbouncer; .ci/run does)"
-    if os.geteuid() == 0:
-        try:
-            import pwd
-
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "running as root and there is no postgres user to run PgBouncer as"
-    return None
+    return missing_postgres_user("PgBouncer")
 
 
 def _password(url: URL) -> str | None:

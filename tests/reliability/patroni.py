@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.clusters import PG_BIN
+from tests.clusters import PG_BIN, missing_postgres_user
 from tests.serving import LOOPBACK
 from tests.support import free_port
 
@@ -44,14 +44,7 @@ def patroni_unavailable() -> str | None:
         return "patroni / etcd not installed (apt-get install -y patroni etcd-server)"
     if not (PG_BIN / "initdb").exists():
         return f"PostgreSQL server binaries not found in {PG_BIN}"
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "running as root and there is no postgres user to run Patroni as"
-    return None
+    return missing_postgres_user("Patroni")
 
 
 def _spawn(command: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
