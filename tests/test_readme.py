@@ -13,6 +13,11 @@ from sqlalchemy.engine import URL
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
+# Development mode turns on asyncio's debug mode, which logs any step of a task that holds the
+# loop longer than 100 ms. That is a timing observation about a busy machine (CI runs two
+# workers on two cores), not a warning about the snippet, so it is the one line let through.
+SLOW_STEP = re.compile(r"^Executing <.*> took \d+\.\d+ seconds\n", re.MULTILINE)
+
 
 def library_snippet() -> str:
     """The first Python block after the README's "Use it" heading."""
@@ -48,7 +53,7 @@ def test_the_readme_library_snippet_runs_clean_in_development_mode(
         cwd=tmp_path,
         check=False,
     )
-    assert (process.returncode, process.stderr) == (0, "")
+    assert (process.returncode, SLOW_STEP.sub("", process.stderr)) == (0, "")
     assert re.fullmatch(
         r"TutorialRecord\(tutorial_id=1, name='Async SQLAlchemy'.*\) True\n", process.stdout
     ), process.stdout
