@@ -21,6 +21,8 @@ from sqlalchemy.engine import URL
 from tutorials.api import create_app
 from tutorials.settings import Settings
 
+pytestmark = pytest.mark.slow  # over 10 s: scheduled first (tests/conftest.py)
+
 TOKEN = "schemathesis-token"
 
 #: The checks' settings, shared with the CLI (see the file for the one tuning and why).

@@ -29,6 +29,8 @@ from tutorials.cli.serve import is_loopback
 from tutorials.db.embedded import EmbeddedPostgres
 from tutorials.db.url import parse_database_url
 
+pytestmark = pytest.mark.slow  # over 10 s: scheduled first (tests/conftest.py)
+
 runner = CliRunner()
 
 

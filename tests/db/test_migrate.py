@@ -32,6 +32,8 @@ from tutorials.db.migrate import (
 )
 from tutorials.settings import Settings
 
+pytestmark = pytest.mark.slow  # over 10 s: scheduled first (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

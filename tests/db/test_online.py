@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -28,6 +29,8 @@ from tests.support import asyncpg_dsn, run_async
 
 from tutorials.db.migrate import head_revision, upgrade
 from tutorials.models import SEARCH_DOCUMENT, Base
+
+pytestmark = pytest.mark.slow  # over 10 s: scheduled first (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST_0002 = Path(__file__).with_name("first_0002.sql")

@@ -4,6 +4,8 @@ path as `tutorials db start --replicas 1`, on loopback.
 What must hold: reads (get, list, search, export) go to a replica and writes (and reads inside
 them) to the primary; a client that writes and at once reads, through the library or HTTP and
 from another process's `Database`, never sees the old row (1,000 rounds each); a replica that
+
+pytestmark = pytest.mark.slow  # over 10 s: scheduled first (tests/conftest.py)
 is down, or lags past the bound, is skipped and used again once it is back; without replicas
 no write asks for its LSN.
 """

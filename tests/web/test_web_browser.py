@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect
 from tests.web.conftest import TOKEN, Pages, Served, screenshot
+
+pytestmark = pytest.mark.slow  # over 10 s: scheduled first (tests/conftest.py)
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
 

@@ -16,6 +16,8 @@ import pytest
 from tests.security.bounds.conftest import Figures, Serve
 from tests.security.bounds.wire import LOOPBACK, closed_within, connect, read_answer
 
+pytestmark = pytest.mark.slow  # over 10 s: scheduled first (tests/conftest.py)
+
 TIMEOUTS = {"TUTORIALS_KEEP_ALIVE_TIMEOUT": "1", "TUTORIALS_BODY_TIMEOUT": "1"}
 
 
