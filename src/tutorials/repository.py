@@ -29,11 +29,13 @@ from tutorials.fulltext import SEARCH_CONFIG
 from tutorials.schemas import TutorialRecord
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult, Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
 
 class Executor(Protocol):
-    """What runs a statement: asyncpg's `Connection` has exactly these methods."""
+    """What runs a statement: asyncpg's `Connection` has exactly these methods. A row and a
+    value are `Any` as asyncpg types them (a `Record`, or a SQLAlchemy `Row`, read by index)."""
 
     async def fetch(self, query: str, *args: Any) -> Sequence[Any]: ...
 
@@ -54,14 +56,14 @@ class SessionExecutor:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def _run(self, query: str, args: tuple[Any, ...]) -> Any:
+    async def _run(self, query: str, args: tuple[Any, ...]) -> CursorResult[Any]:
         connection = await self.session.connection()
         return await connection.exec_driver_sql(query, args or None)
 
     async def fetch(self, query: str, *args: Any) -> Sequence[Any]:
         return list((await self._run(query, args)).all())
 
-    async def fetchrow(self, query: str, *args: Any) -> Any:
+    async def fetchrow(self, query: str, *args: Any) -> Row[Any] | None:
         return (await self._run(query, args)).first()
 
     async def fetchval(self, query: str, *args: Any) -> Any:

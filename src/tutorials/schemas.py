@@ -40,6 +40,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from tutorials import limits
 from tutorials.errors import FieldError, InvalidInput
@@ -271,8 +272,9 @@ def unique(values: list[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def _published(max_length: int, pattern: str) -> Any:
-    return Field(max_length=max_length, json_schema_extra={"pattern": pattern})
+def _published(max_length: int, pattern: str) -> FieldInfo:
+    published: FieldInfo = Field(max_length=max_length, json_schema_extra={"pattern": pattern})
+    return published
 
 
 Name = Annotated[str, _published(NAME_MAX * 4, NAME_PATTERN), AfterValidator(normalise_name)]

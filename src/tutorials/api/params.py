@@ -59,7 +59,7 @@ def _digits_only(value: object) -> object:
     return value
 
 
-def _blank_is_default(default: int) -> Any:
+def _blank_is_default(default: int) -> BeforeValidator:
     def blank_is_default(value: object) -> object:
         return default if value == "" else _digits_only(value)
 

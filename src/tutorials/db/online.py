@@ -76,7 +76,7 @@ def _connection() -> Connection:
     return op.get_bind()
 
 
-def scalar(sql: str, **params: Any) -> Any:
+def scalar(sql: str, **params: Any) -> object:
     """One value from the database (online only)."""
     return _connection().execute(text(sql), params).scalar()
 
