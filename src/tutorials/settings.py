@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -34,6 +34,13 @@ def split_urls(text: str) -> list[str]:
     """URLs separated by spaces or commas. A comma inside a URL (`host=a:5432,b:5432`) stays:
     only one followed by the next URL's scheme separates."""
     return [part for chunk in _URL_START.split(text.strip()) for part in chunk.split() if part]
+
+
+def _no_items() -> list[Any]:
+    """The default of the list settings. A function of ours rather than `list`: pydantic reads
+    a default factory's signature, and a builtin's is parsed from text by `inspect`, whose
+    tokenizer compiles its regular expressions first, at every start of every command."""
+    return []
 
 
 class Settings(BaseSettings):
@@ -90,7 +97,7 @@ class Settings(BaseSettings):
     #: Replica URLs, separated by spaces or commas (a multi-host URL's own commas are kept).
     #: Empty: the embedded server's running replicas (`tutorials db start --replicas N`) when
     #: no DATABASE_URL is set, else none.
-    replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    replica_urls: Annotated[list[SecretStr], NoDecode] = Field(default_factory=_no_items)
     #: Connections per replica, per process (opened on demand), like `pool_size`.
     replica_pool_size: int = Field(default=20, ge=1, le=500)
     #: A replica whose replay is this far behind the primary is skipped until it catches up.
@@ -116,11 +123,11 @@ class Settings(BaseSettings):
     # HTTP service.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=_no_items)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     #: `POST /tutorials/import` streams (flat memory), so it takes far more, but not unbounded.
     max_import_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=_no_items)
     retry_after_seconds: int = Field(default=1, ge=1)
     #: Host names the service answers to (a request naming another gets 400), `*` for any.
     #: Unset: the loopback names (localhost, 127.0.0.1, [::1]) when bound to a loopback
