@@ -20,12 +20,19 @@ the same answers on the two benchmarked paths, and not a service anyone should s
 - **The server tuned.** uvicorn with uvloop and httptools, no access log, no `Server` header; no
   middleware, no validation beyond what the SQL needs, no logging.
 
-    python -m benchmarks.bare_app --dsn postgresql://... --port 8123
+With `--service-transport` it is the ceiling of any design that ships what the service ships
+around its routes: uvicorn's h11 parser (the one that bounds a request head while reading it,
+README "Bounds") and the service's JSON access line per request (`tutorials.api.logs`, the
+same fields, through `logging`), and still nothing else.
+
+    python -m benchmarks.bare_app --dsn postgresql://... --port 8123 [--service-transport]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +45,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tutorials.repository import GET, INSERT
 
@@ -114,17 +122,71 @@ def make_app(dsn: str, pool_size: int) -> Starlette:
     )
 
 
+def with_access_line(app: ASGIApp) -> ASGIApp:
+    """`app`, writing the service's access line for each request (the fields of
+    `tutorials.api.middleware.RequestContextMiddleware`'s, without its request id, metrics or
+    default headers)."""
+    access_logger = logging.getLogger("tutorials.access")
+
+    async def logged(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started_at = time.perf_counter()
+        status = 499
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - started_at
+            route = scope.get("route")
+            client = scope.get("client")
+            access_logger.info(
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": getattr(route, "path_format", None),
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "client": f"{client[0]}:{client[1]}" if client else None,
+                },
+            )
+
+    return logged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pool-size", type=int, default=20)
+    parser.add_argument(
+        "--service-transport",
+        action="store_true",
+        help="h11 and the service's JSON access log: the ceiling of the service's shipped choices",
+    )
     args = parser.parse_args()
+    app: ASGIApp = make_app(args.dsn, args.pool_size)
+    if args.service_transport:
+        from tutorials.api.logs import configure_logging
+
+        configure_logging("info", "json")
+        app = with_access_line(app)
     config = uvicorn.Config(
-        make_app(args.dsn, args.pool_size),
+        app,
         host="127.0.0.1",
         port=args.port,
-        http="httptools",
+        http="h11" if args.service_transport else "httptools",
         access_log=False,
         log_level="warning",
         server_header=False,

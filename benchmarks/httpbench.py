@@ -7,6 +7,9 @@ stays up for the whole suite; beside it, one variant of the service at a time:
 - `tutorials serve` as shipped: default log level, so its JSON access log is on (written to a
   file, as a service manager would collect it), a pool of 20;
 - context: the same with `--log-level warning` (no access log);
+- context: the ceiling of the shipped choices, the bare app itself on the service's transport
+  (`bare_app.py --service-transport`: h11, which bounds request heads, and the service's JSON
+  access line): no design of the routes can beat it while shipping both;
 - scaling: `tutorials serve --workers 2` (uvicorn's worker processes, each with its own pool of
   20), otherwise as shipped. Its CPU per request counts every worker. The last table sets its
   figures beside the one-process service's (`--only WORD` keeps the variants whose name has
@@ -59,6 +62,7 @@ ENDPOINTS = ("GET", "POST")
 #: The service's variant the goal is about (the others are context).
 SHIPPED = "tutorials serve (as shipped, access log on)"
 WORKERS = "tutorials serve --workers 2 (access log on)"
+CEILING = "bare app on the service's transport (h11, JSON access log)"
 BARE = "bare app (tuned limit)"
 POST_BODY = '{"name": "bench post", "description": "posted by the benchmark", "tags": ["python"]}'
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,11 +287,8 @@ def _servers(ctx: Context, database: str) -> tuple[Server, list[Server]]:
         for k, v in os.environ.items()
         if not k.startswith("TUTORIALS_") and k != "DATABASE_URL"
     }
-    bare = Server(
-        BARE,
-        [sys.executable, "-m", "benchmarks.bare_app", "--dsn", dsn, "--port", "{port}"],
-        {**base_env, "PYTHONPATH": str(ROOT)},
-    )
+    bare_argv = [sys.executable, "-m", "benchmarks.bare_app", "--dsn", dsn, "--port", "{port}"]
+    bare = Server(BARE, bare_argv, {**base_env, "PYTHONPATH": str(ROOT)})
     serve = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
     env = {
         **base_env,
@@ -303,6 +304,11 @@ def _servers(ctx: Context, database: str) -> tuple[Server, list[Server]]:
             env,
         ),
         Server(WORKERS, [*serve, "--port", "{port}", "--workers", "2"], env),
+        Server(
+            CEILING,
+            [*bare_argv, "--service-transport"],
+            {**base_env, "PYTHONPATH": str(ROOT)},
+        ),
     ]
     if ctx.only:
         services = [s for s in services if s.name == SHIPPED or any(w in s.name for w in ctx.only)]

@@ -8,13 +8,15 @@ and the body's keys and value formats.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
-from benchmarks.bare_app import make_app
+from benchmarks.bare_app import make_app, with_access_line
 from starlette.types import ASGIApp
 
 from tutorials.api import create_app
@@ -68,3 +70,21 @@ async def test_bare_app_answers_get_and_post_like_the_service(
     assert answers["bare"][0][0] == 201
     assert answers["bare"][1][0] == 200
     assert answers["bare"][2] == 404
+
+
+async def test_the_ceiling_variant_writes_the_service_access_line(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--service-transport` adds the service's access line (its logger and fields), one per
+    request, with the status the client got: the ceiling measures that work, not less."""
+    with caplog.at_level(logging.INFO, logger="tutorials.access"):
+        async with _client(with_access_line(make_app(dsn, 2))) as bare:
+            created = await bare.post("/tutorials", json=BODY)
+            missing = await bare.get("/tutorials/999999")
+    lines = [r for r in caplog.records if r.name == "tutorials.access"]
+    assert [(r.method, r.path, r.route, r.status) for r in lines] == [  # type: ignore[attr-defined]
+        ("POST", "/tutorials", "/tutorials", created.status_code),
+        ("GET", "/tutorials/999999", "/tutorials/{tutorial_id}", missing.status_code),
+    ]
+    assert (created.status_code, missing.status_code) == (201, 404)
+    assert all(r.duration_ms >= 0 and r.client for r in lines)  # type: ignore[attr-defined]
