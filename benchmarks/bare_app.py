@@ -31,7 +31,6 @@ same fields, through `logging`), and still nothing else.
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -123,10 +122,10 @@ def make_app(dsn: str, pool_size: int) -> Starlette:
 
 
 def with_access_line(app: ASGIApp) -> ASGIApp:
-    """`app`, writing the service's access line for each request (the fields of
-    `tutorials.api.middleware.RequestContextMiddleware`'s, without its request id, metrics or
-    default headers)."""
-    access_logger = logging.getLogger("tutorials.access")
+    """`app`, writing the service's access line for each request (`write_access_line`, as
+    `tutorials.api.middleware.RequestContextMiddleware` does, without its request id, metrics
+    or default headers)."""
+    from tutorials.api.middleware import write_access_line
 
     async def logged(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,22 +144,8 @@ def with_access_line(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_status)
         finally:
             seconds = time.perf_counter() - started_at
-            route = scope.get("route")
-            client = scope.get("client")
-            access_logger.info(
-                "%s %s %s",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": getattr(route, "path_format", None),
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "client": f"{client[0]}:{client[1]}" if client else None,
-                },
-            )
+            route = getattr(scope.get("route"), "path_format", None)
+            write_access_line(scope, scope["method"], route, status, seconds)
 
     return logged
 

@@ -165,24 +165,37 @@ class RequestContextMiddleware:
             template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
             method = method_sent(scope)
             self.metrics.observe(method, template, status, seconds)
-            if access_logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                access_logger.info(
-                    "%s %s %s",
-                    method,
-                    scope["path"],
-                    status,
-                    extra={
-                        "method": method,
-                        "path": scope["path"],
-                        "route": template,
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "client": f"{client[0]}:{client[1]}" if client else None,
-                        "request_id": request_id,
-                    },
-                )
+            write_access_line(scope, method, template, status, seconds, request_id)
             REQUEST_ID.reset(token)
+
+
+def write_access_line(
+    scope: Scope,
+    method: str,
+    route: str | None,
+    status: int,
+    seconds: float,
+    request_id: str | None = None,
+) -> None:
+    """The access log's line for one answered request (`logs.ACCESS_FIELDS`), if INFO is on."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    client = scope.get("client")
+    access_logger.info(
+        "%s %s %s",
+        method,
+        scope["path"],
+        status,
+        extra={
+            "method": method,
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "request_id": request_id,
+        },
+    )
 
 
 class BodyTooLarge(HTTPException):
