@@ -21,6 +21,7 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.middleware.cors import CORSMiddleware
 
 from tutorials.api import browse, consistency, docs, health, problems, routes, transfer
+from tutorials.api.bodies import StrictJsonMiddleware
 from tutorials.api.consistency import ConsistencyMiddleware
 from tutorials.api.metrics import HttpMetrics
 from tutorials.api.middleware import (
@@ -148,13 +149,15 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     _include_web(app)
     docs.install(app)
 
-    # Added innermost first: the write guard refuses a write without a token before its body
-    # is read (and answers inside CORS, so a browser sees why); the request context wraps
+    # Added innermost first: a JSON body is checked (strict JSON) only within the body limit;
+    # the write guard refuses a write without a token before its body is read (and answers
+    # inside CORS, so a browser sees why); the request context wraps
     # everything but HEAD's translation, so it logs the method the client sent.
     # `settings.allowed_hosts` unset means any host here; `tutorials serve` sets the loopback
     # names when it binds a loopback address (the bind is its to know, not the app's).
     if _may_have_replicas(settings, database):
         app.add_middleware(ConsistencyMiddleware)
+    app.add_middleware(StrictJsonMiddleware, routes=routes.JSON_BODY_ROUTES)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,

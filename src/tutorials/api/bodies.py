@@ -7,12 +7,13 @@ patterns they enforce, so a client (or schemathesis) can trust the document both
 
 What FastAPI leaves to the application is *how JSON is read*. Python's `json` module takes
 duplicate keys (the last wins, silently), `NaN` and `Infinity`, a byte-order mark, and nests
-until it overflows the stack. `JsonBodyRoute` is FastAPI's documented extension for that (a
-route class whose handler gets a custom `Request`, "Custom Request and APIRoute class"): its
-`StrictJsonRequest.json()` refuses all of those, with a 400 for what is not JSON and a 422
-naming the body for duplicate keys or an object of more than `MAX_OBJECT_KEYS` keys (refused as
-soon as it is parsed, before validation would list every unknown key). Everything else about
-the route (parameters, dependencies, exception handling) is FastAPI's own.
+until it overflows the stack. `StrictJsonMiddleware`, a pure-ASGI middleware in front of the
+router, reads the body of a request that will run one of the JSON body routes and parses it
+with `parse_json`, which refuses all of those: a 400 for what is not JSON, a 422 naming the
+body for duplicate keys or an object of more than `MAX_OBJECT_KEYS` keys (refused as soon as
+it is parsed, before validation would list every unknown key). A sound body is handed on
+unchanged, and everything else about the route (reading the body into its model, parameters,
+dependencies, exception handling) is FastAPI's own.
 
 `json_body(...)` is the dependency each body route declares for what the document promises
 about media types: 415 (with `Accept-Post` / `Accept-Patch`) unless the body is declared as one
@@ -23,17 +24,18 @@ validates the body, so a text body gets a 415, not a list of missing fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import Request
-from fastapi.routing import APIRoute
 from pydantic import ConfigDict, field_validator
 from starlette.exceptions import HTTPException
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tutorials import schemas
-from tutorials.api.problems import InvalidRequest
+from tutorials.api.problems import InvalidRequest, problem_response
 from tutorials.errors import FieldError
 
 #: Built when the routes are declared, not on first use as the domain's models are (they defer
@@ -115,9 +117,8 @@ def _refused(message: str) -> InvalidRequest:
 
 
 def parse_json(raw: bytes) -> object:
-    """The body as strict JSON: 400 when it is not JSON at all, 422 (`InvalidRequest`) for
-    duplicate keys or too many of them. Both are `HTTPException`s, which FastAPI lets through
-    from body reading unchanged."""
+    """The body as strict JSON: 400 (`HTTPException`) when it is not JSON at all, 422
+    (`InvalidRequest`) for duplicate keys or too many of them."""
     if not raw.strip():
         raise HTTPException(400, "the request body is empty: send a JSON object")
     try:
@@ -138,40 +139,93 @@ def parse_json(raw: bytes) -> object:
         raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
 
 
-class StrictJsonRequest(Request):
-    """A `Request` whose `json()` is `parse_json` (parsed once, kept under a name of our own
-    rather than Starlette's cache attribute)."""
-
-    _strict_json: Any
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_strict_json"):
-            self._strict_json = parse_json(await self.body())
-        return self._strict_json
+#: Methods whose body a route reads.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+def _declares_json(scope: Scope) -> bool:
+    """Whether FastAPI will read this body as JSON: a Content-Type of `application/json` or
+    `application/*+json`. Other types are left to the route's `json_body` dependency (415)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media_type: bytes = value.split(b";", 1)[0].strip().lower()
+            kind, _, subtype = media_type.partition(b"/")
+            return kind == b"application" and (subtype == b"json" or subtype.endswith(b"+json"))
+    return False
 
 
-class JsonBodyRoute(APIRoute):
-    """An `APIRoute` whose body, if it declares one, is read by `StrictJsonRequest`.
+class StrictJsonMiddleware:
+    """Refuse unsound JSON bodies (`parse_json`) of requests to `routes`, before FastAPI reads
+    them; hand sound ones on unchanged.
 
-    Overriding `get_route_handler` to hand the handler a `Request` subclass is FastAPI's
-    documented extension ("Custom Request and APIRoute class"). What it rests on beyond the
-    page: FastAPI reads a JSON body through `Request.json()`. The HTTP checks of
-    tests/api/test_api_errors.py (duplicate keys 422, NaN 400, ...) fail if a release stops
-    doing so, and CI runs them on the lowest and the locked FastAPI.
+    `routes` are the routes that read a JSON body into a model (`JSON_BODY_ROUTES` of
+    `tutorials.api.routes`). A request is checked when one of them matches it fully (Starlette's
+    public `BaseRoute.matches`, path and method), so an unknown path is still a 404 and a wrong
+    method a 405, and when it declares a JSON body that is not empty (an empty one, or another
+    media type, gets the route's own 400 / 415). Bodies are bounded before they get here
+    (`BodyLimitMiddleware` sits outside this one and answers 413 / 408 for what it refuses
+    while this one reads).
     """
 
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-        if self.body_field is None:
-            return handler
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = tuple(routes)
 
-        async def strict_json_handler(request: Request) -> Response:
-            return await handler(StrictJsonRequest(request.scope, request.receive))
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = None
+        if scope["type"] == "http" and scope["method"] in _BODY_METHODS and _declares_json(scope):
+            target = self._target(scope)
+        if target is None:
+            await self.app(scope, receive, send)
+            return
+        body = await _whole_body(receive)
+        try:
+            if body:
+                parse_json(body)
+        except HTTPException as refusal:
+            # Labelled with its route, as the router would have: the access log and metrics
+            # count it under `POST /tutorials`, not as a request that matched nothing.
+            scope.update(target)
+            errors = refusal.errors if isinstance(refusal, InvalidRequest) else None
+            response = problem_response(scope, refusal.status_code, refusal.detail, errors=errors)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
 
-        return strict_json_handler
+    def _target(self, scope: Scope) -> Scope | None:
+        """The scope the router will give the JSON body route this request runs, if any."""
+        for route in self.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return child_scope
+        return None
+
+
+async def _whole_body(receive: Receive) -> bytes:
+    """The request's body, all of it (`ClientDisconnect` if the client leaves first)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the app: the body already read, then whatever the client sends next
+    (a streaming response waits on it for the disconnect)."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def _declared_type(request: Request) -> tuple[str, str]:

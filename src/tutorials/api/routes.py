@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.responses import Response
 
@@ -28,7 +29,6 @@ from tutorials.api import etags
 from tutorials.api.bodies import (
     JSON_TYPES,
     MERGE_PATCH_TYPES,
-    JsonBodyRoute,
     TutorialCreate,
     TutorialPatch,
     json_body,
@@ -52,7 +52,7 @@ from tutorials.api.problems import located_in_query
 from tutorials.db.database import Database
 from tutorials.schemas import DEFAULT_PAGE, TutorialPage, TutorialRead, TutorialRecord
 
-router = APIRouter(tags=["tutorials"], route_class=JsonBodyRoute)
+router = APIRouter(tags=["tutorials"])
 
 JSON = "application/json"
 #: Digits only, at routing: `/tutorials/import` or `/tutorials/export` are other resources
@@ -252,3 +252,11 @@ async def delete_tutorial(
 ) -> Response:
     await service.delete(database, tutorial_id, expected=_expected(if_match))
     return Response(status_code=204)
+
+
+#: The routes that read a JSON body into a model, whose bodies `StrictJsonMiddleware` checks.
+JSON_BODY_ROUTES = [
+    route
+    for route in router.routes
+    if isinstance(route, APIRoute) and route.endpoint in (create_tutorial, patch_tutorial)
+]
