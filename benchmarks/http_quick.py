@@ -243,9 +243,22 @@ async def in_process(requests: int, concurrency: int, bare: bool) -> None:
         await shutdown()
 
 
+def _concurrency(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 to 256 clients")
+    return value
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", type=int, default=32, choices=range(1, 257))
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=32,
+        metavar="N",
+        help="concurrent clients, 1 to 256 (default 32)",
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--migrate", action="store_true", help="migrate the database first")
     parser.add_argument("--in-process", action="store_true", help="app CPU per request only")
