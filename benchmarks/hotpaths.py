@@ -16,8 +16,8 @@ Paths (rows of the tables), each doing the same six operations at concurrency 1 
 - `get_session() unit of work` — the same validation and the same repository functions, run
   inside an ORM session (`Database.run`, SQL through `exec_driver_sql`): the tutorial's
   `get_session()` path, on a SQLAlchemy pool of 20.
-- ablations (context): the library without its client-side `command_timeout` (a timer armed
-  and cancelled per statement) and without the ping after idle (its bookkeeping per unit of
+- ablations (context): the library without its client-side deadlines (statement timeouts
+  off: no unit of work watched) and without the ping after idle (its bookkeeping per unit of
   work): what those guarantees cost.
 - context rows: asyncpg with its default reset (the untuned baseline of older records), the
   search in `connection.transaction()` (four round trips, as `Database.transaction` runs it),
@@ -478,7 +478,7 @@ def all_paths() -> list[Path]:
         Library(),
         SessionUnitOfWork(),
         Library(
-            "ablation: library without command_timeout",
+            "ablation: library without client-side deadlines",
             {"TUTORIALS_STATEMENT_TIMEOUT_MS": "0"},
         ),
         Library(

@@ -338,7 +338,9 @@ async def restore(
             )
         return await sql.finish_restore(connection, statement_timeout)
 
-    return await database.transaction(work)
+    # The client waits for the whole restore (which reads its input as it goes) at most its
+    # statement timeout and a second.
+    return await database.transaction(work, deadline=statement_timeout + 1)
 
 
 async def _backup_records(

@@ -113,6 +113,48 @@ async def test_a_statement_past_its_timeout_is_a_timeout(
         assert await database.read(lambda c: c.fetchval("SELECT 1")) == 1
 
 
+#: Inside this unit of work the server waits as long as it is told: only the client's
+#: deadline can end the statement, as when the network dies under it.
+_NO_SERVER_TIMEOUT = {"statement_timeout": "0"}
+
+
+async def _sleep(connection: Connection, seconds: float) -> None:
+    await connection.execute("SELECT pg_sleep($1)", seconds)
+
+
+async def test_a_unit_of_work_past_its_client_deadline_is_given_up(
+    database_url: URL, settings: Settings, dsn: str
+) -> None:
+    """A unit the server does not stop ends at the client's deadline (the statement timeout
+    plus a second), as `Unavailable`, and its connection is replaced: nothing is held open."""
+    async with _small_database(database_url, settings, statement_timeout_ms=300) as database:
+        assert database.unit_deadline == 1.3
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Unavailable, match=r"did not answer within 1\.3 s"):
+            await database.transaction(lambda c: _sleep(c, 30), local=_NO_SERVER_TIMEOUT)
+        assert 1.2 < asyncio.get_running_loop().time() - started < 5
+        assert _in_use(database) == 0
+        assert await database.read(lambda c: c.fetchval("SELECT 1")) == 1
+        assert await _open_transactions(dsn) == 0
+
+
+async def test_only_the_units_past_their_deadline_are_given_up(
+    database_url: URL, settings: Settings
+) -> None:
+    """Units started together: the ones that finish in time are untouched, and a unit given
+    a deadline of its own (an import's batch, an export) keeps it."""
+    async with _small_database(
+        database_url, settings, statement_timeout_ms=300, pool_size=4
+    ) as database:
+        slow = database.transaction(lambda c: _sleep(c, 30), local=_NO_SERVER_TIMEOUT)
+        longer = database.transaction(lambda c: _sleep(c, 2), local=_NO_SERVER_TIMEOUT, deadline=10)
+        quick = [database.read(lambda c: c.fetchval("SELECT 1")) for _ in range(2)]
+        outcomes = await asyncio.gather(slow, longer, *quick, return_exceptions=True)
+        assert isinstance(outcomes[0], Unavailable)
+        assert outcomes[1:] == [None, 1, 1]
+        assert _in_use(database) == 0
+
+
 async def test_cancellation_mid_statement_returns_the_connection(
     database: Database, dsn: str
 ) -> None:

@@ -8,17 +8,22 @@ rows with one id refuse the whole backup, and nothing is written.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import URL
 
 from tutorials import service
 from tutorials.db.session import Database
 from tutorials.errors import Conflict, InvalidInput
 from tutorials.schemas import TutorialCreate
+from tutorials.settings import Settings
 from tutorials.transfer import export_rows, restore_file
+from tutorials.transfer.readers import read_ndjson
 
 #: Every column, `search` included: what "exactly the table" means.
 EVERYTHING = (
@@ -92,6 +97,31 @@ async def test_restore_into_an_empty_catalog_gives_back_exactly_the_table(
     assert await backup_of(database) != backup  # and the backup itself reads back the same:
     await service.delete(database, 5)
     assert await backup_of(database) == backup
+
+
+async def test_a_restore_read_slowly_outlasts_a_requests_deadline(
+    database: Database, database_url: URL, settings: Settings, dsn: str
+) -> None:
+    """A restore is one unit of work that reads its input as it arrives: it is bounded by its
+    own statement timeout, not by the deadline of a request's unit of work (here 1.2 s)."""
+    await a_catalog(database, dsn)
+    backup = await backup_of(database)
+    assert await service.delete_matching(database, everything=True) == 3
+
+    async def slowly() -> AsyncIterator[bytes]:
+        for line in backup.splitlines(keepends=True):
+            yield line
+            await asyncio.sleep(0.6)
+
+    strict = Database.from_url(
+        database_url, settings.model_copy(update={"statement_timeout_ms": 200})
+    )
+    try:
+        assert strict.unit_deadline == 1.2
+        assert await service.restore(strict, read_ndjson(slowly())) == 3
+    finally:
+        await strict.dispose()
+    assert [row[0] for row in await fetch(dsn)] == [1, 3, 4]
 
 
 async def test_restore_into_a_catalog_that_is_not_empty_is_refused(

@@ -352,8 +352,8 @@ async def test_jobs_must_be_a_positive_whole_number(database: Database) -> None:
 async def test_an_export_may_outlast_the_per_request_client_timeout(
     database_url: URL, dsn: str
 ) -> None:
-    """asyncpg bounds a whole COPY by the connection's command_timeout (the statement timeout
-    plus a second, here 1.2 s) unless told otherwise: the export's own limit applies."""
+    """A request's unit of work gets a client-side deadline of the statement timeout plus a
+    second (here 1.2 s); an export's streams get the export's own limit instead."""
     await store(dsn, bulk(20))
     settings = Settings(_env_file=None, auto_migrate=False, statement_timeout_ms=200)
     database = Database.from_url(database_url, settings)

@@ -3,12 +3,15 @@ where it broke and how many lines after it were not read (nothing is dropped in 
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import asyncpg
+from sqlalchemy.engine import URL
 
 from tutorials.db.session import Database
-from tutorials.transfer import import_file
+from tutorials.settings import Settings
+from tutorials.transfer import import_file, import_rows
 
 
 async def names(dsn: str) -> list[str]:
@@ -52,3 +55,34 @@ async def test_a_json_array_that_breaks_off(database: Database, dsn: str) -> Non
 async def test_an_input_read_to_its_end_reads_everything(database: Database) -> None:
     summary = await import_file(database, io.BytesIO(b"name\none\ntwo\n"), format="csv")
     assert (summary.inserted, summary.unread_lines, summary.stopped) == (2, 0, None)
+
+
+async def test_a_batch_waiting_for_a_lock_longer_than_a_request_would_still_lands(
+    database: Database, database_url: URL, settings: Settings, dsn: str
+) -> None:
+    """A batch is bounded by the import's own `batch_timeout`, not by a request's client-side
+    deadline (here 1.2 s): a row another writer holds for 2 s is updated once it is free."""
+    url = "https://example.com/held"
+    await import_rows(database, [{"name": "before", "url": url}])
+    holder = await asyncpg.connect(dsn)
+    strict = Database.from_url(
+        database_url, settings.model_copy(update={"statement_timeout_ms": 200})
+    )
+    try:
+        assert strict.unit_deadline == 1.2
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM tutorials WHERE url = $1 FOR UPDATE", url)
+
+        async def let_go() -> None:
+            await asyncio.sleep(2)
+            await held.rollback()
+
+        releasing = asyncio.create_task(let_go())
+        summary = await import_rows(strict, [{"name": "after", "url": url}])
+        await releasing
+        assert (summary.inserted, summary.updated, summary.rejected) == (0, 1, 0)
+    finally:
+        await strict.dispose()
+        await holder.close()
+    assert await names(dsn) == ["after"]

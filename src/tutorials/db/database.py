@@ -26,6 +26,10 @@ The same guarantees hold for every shape:
   may have committed before the connection dropped);
 - a caller waits for a connection at most `pool_timeout` seconds, first come first served
   (`Unavailable`, 503, after that);
+- a unit of work gets at most `unit_deadline` seconds on its connection (the statement timeout
+  plus a second), or the deadline it asks for (an import's batch, an export, a restore): past
+  it the connection is closed and the unit fails as `Unavailable`, even when the network died
+  and the server can stop nothing (`_Deadlines`: one timer for every unit in progress);
 - cancellation returns the connection to the pool (asyncpg shields its release and rolls back
   or closes a connection left mid-statement);
 - a connection the server closed while it sat idle is replaced at checkout (asyncpg checks);
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections import deque
@@ -61,7 +66,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 import asyncpg
 
 from tutorials.db import consistency
-from tutorials.db.engine import begin_statement, create_engine, create_pool, local_timeouts
+from tutorials.db.engine import (
+    begin_statement,
+    create_engine,
+    create_pool,
+    local_timeouts,
+    unit_deadline,
+)
 from tutorials.db.url import DatabaseUrl, parse_database_url
 from tutorials.errors import RetryableConflict, TutorialsError, Unavailable, classify
 
@@ -148,6 +159,10 @@ class Database:
         self.retry_attempts = settings.retry_attempts
         self.pool_timeout = settings.pool_timeout
         self.ping_after_idle = PING_AFTER_IDLE if settings.pool_pre_ping else None
+        #: Seconds a unit of work may take on its connection unless it says otherwise: the
+        #: client-side deadline for a network that dies under it (`_Deadlines`).
+        self.unit_deadline = unit_deadline(settings)
+        self._deadlines = _Deadlines()
         self._primary = ServerPool(
             url, settings.pool_size, settings.stream_connections, settings.pool_timeout
         )
@@ -218,29 +233,40 @@ class Database:
         readonly: bool = False,
         isolation: Isolation = "read_committed",
         local: Mapping[str, str] | None = None,
+        deadline: float | None = None,
     ) -> T:
         """Run `work` in one transaction: committed when it returns, rolled back if it raises.
 
         `local`: server settings for this transaction only (`SET LOCAL`), sent with its BEGIN
         at no extra round trip; names and values are the caller's own constants, never input.
+        `deadline`: seconds the whole unit of work may take on its connection, for work longer
+        than a request's (an import's batch, a restore); default `unit_deadline`.
         A read-only transaction may run on a replica (see the module docstring).
         """
         sets = "".join(f"; SET LOCAL {name} = {value}" for name, value in (local or {}).items())
         if self.replicas is not None:
             if readonly:
-                return await self._routed(work, (isolation, True, sets))
+                return await self._routed(work, (isolation, True, sets), deadline)
             positioned = _positioned(work, (isolation, False, sets), self._in_transaction)
-            return await self._run(positioned, None, idempotent=False)
-        return await self._run(work, (isolation, readonly, sets), idempotent=readonly)
+            return await self._run(positioned, None, idempotent=False, deadline=deadline)
+        return await self._run(
+            work, (isolation, readonly, sets), idempotent=readonly, deadline=deadline
+        )
 
     async def stream(
-        self, work: Work[T], *, readonly: bool = True, isolation: Isolation = "repeatable_read"
+        self,
+        work: Work[T],
+        *,
+        readonly: bool = True,
+        isolation: Isolation = "repeatable_read",
+        deadline: float | None = None,
     ) -> T:
         """`transaction` for long work (an export a client reads), within the stream budget.
 
         At most `stream_connections` streams hold connections at once; one more waits for a
         turn at most `pool_timeout` seconds, then `Unavailable`. A read-only stream may run on
-        a replica; the streams it starts then run on the same one.
+        a replica; the streams it starts then run on the same one. `deadline` as for
+        `transaction`: long work gives its own.
         """
         if self.replicas is not None and readonly:
             pinned = _PINNED.get()
@@ -249,7 +275,9 @@ class Database:
                 replica.reads += 1
                 token = _PINNED.set(replica)
                 try:
-                    return await self._stream(replica.server, work, (isolation, readonly, ""))
+                    return await self._stream(
+                        replica.server, work, (isolation, readonly, ""), deadline
+                    )
                 except _Unreachable as failure:
                     replica.failed(failure.error.detail)
                     if pinned is not None:  # a part of a stream on that replica: no elsewhere
@@ -257,13 +285,15 @@ class Database:
                 finally:
                     _PINNED.reset(token)
             self.replicas.primary_reads += 1
-        return await self._stream(self._primary, work, (isolation, readonly, ""))
+        return await self._stream(self._primary, work, (isolation, readonly, ""), deadline)
 
-    async def _stream(self, server: ServerPool, work: Work[T], transaction: Transaction) -> T:
+    async def _stream(
+        self, server: ServerPool, work: Work[T], transaction: Transaction, deadline: float | None
+    ) -> T:
         await self._admit(server.stream_slots, "no streaming connection became free in time")
         try:
             # Run once: a stream may have sent part of its data before anything failed.
-            return await self._once(work, transaction, server)
+            return await self._once(work, transaction, server, deadline)
         except _ConnectionLost as lost:
             raise lost.error from lost.__cause__
         except _Unreachable as failure:
@@ -273,7 +303,9 @@ class Database:
         finally:
             server.stream_slots.release()
 
-    async def _routed(self, work: Work[T], transaction: Transaction) -> T:
+    async def _routed(
+        self, work: Work[T], transaction: Transaction, deadline: float | None = None
+    ) -> T:
         """A read on a replica that has replayed what this task must see, else the primary."""
         replicas = self.replicas
         assert replicas is not None
@@ -281,11 +313,13 @@ class Database:
         if replica is not None:
             replica.reads += 1
             try:
-                return await self._run(work, transaction, idempotent=True, server=replica.server)
+                return await self._run(
+                    work, transaction, idempotent=True, server=replica.server, deadline=deadline
+                )
             except (_Unreachable, _ConnectionLost) as failure:
                 replica.failed(failure.error.detail)
         replicas.primary_reads += 1
-        return await self._run(work, transaction, idempotent=True)
+        return await self._run(work, transaction, idempotent=True, deadline=deadline)
 
     async def _run(
         self,
@@ -294,6 +328,7 @@ class Database:
         *,
         idempotent: bool,
         server: ServerPool | None = None,
+        deadline: float | None = None,
     ) -> T:
         server = server or self._primary
         attempt = 0
@@ -301,7 +336,7 @@ class Database:
         while True:
             attempt += 1
             try:
-                return await self._once(work, transaction, server)
+                return await self._once(work, transaction, server, deadline)
             except RetryableConflict:
                 if attempt >= self.retry_attempts:
                     raise
@@ -317,12 +352,20 @@ class Database:
                     raise
                 raise failure.error from failure.__cause__
 
-    async def _once(self, work: Work[T], transaction: Transaction, server: ServerPool) -> T:
+    async def _once(
+        self,
+        work: Work[T],
+        transaction: Transaction,
+        server: ServerPool,
+        deadline: float | None = None,
+    ) -> T:
         await self._admit(server.slots, "no database connection became free in time")
         try:
             pool = server.pool or await self._open_pool(server)
             connection = await self._checkout(pool, server)
             pid = connection.get_server_pid()
+            seconds = self.unit_deadline if deadline is None else deadline
+            watch = None if seconds is None else self._deadlines.start(connection, seconds)
             try:
                 if transaction is None:
                     return await work(connection)
@@ -331,15 +374,20 @@ class Database:
                 raise  # raised by `work` itself (NotFound, StaleVersion, ...)
             except Exception as exc:
                 if isinstance(exc, TimeoutError) and not _closed(connection):
-                    # A client-side deadline (`command_timeout`): the network or the server
-                    # is gone, and a cancellation request may never get through. Close the
-                    # connection rather than wait for one at release.
+                    # A statement's own client-side deadline (`timeout=`): the network or the
+                    # server is gone, and a cancellation request may never get through. Close
+                    # the connection rather than wait for one at release.
                     connection.terminate()
+                if watch is not None and watch.expired:
+                    error = Unavailable(f"the database did not answer within {seconds:g} s")
+                    raise _ConnectionLost(error) from exc
                 if _closed(connection):
                     error = Unavailable("lost the connection to the database")
                     raise _ConnectionLost(error) from exc
                 raise _domain(exc) from exc
             finally:
+                if watch is not None:
+                    self._deadlines.end(watch)
                 if not _closed(connection):
                     self._mark_idle(server, pid)
                 await _release(pool, connection, self.settings.connect_timeout)
@@ -666,6 +714,74 @@ class _Turns:
                 turn.set_result(False)
         if waiters:
             self._timer = loop.call_at(waiters[0][0], self._expire, loop)
+
+
+class _Watch:
+    """One unit of work under `_Deadlines`: its connection and when its time is up."""
+
+    __slots__ = ("connection", "deadline", "expired")
+
+    def __init__(self, connection: Connection, deadline: float) -> None:
+        self.connection = connection
+        self.deadline = deadline
+        self.expired = False
+
+
+class _Deadlines:
+    """The client-side deadlines of the units of work in progress, all served by one timer.
+
+    When the network dies under an open connection, the server can cancel nothing and nothing
+    more arrives: only a deadline of the client's own ends the wait (else the operating
+    system's, about 15 minutes). asyncpg's `command_timeout` gives one per statement by arming
+    and cancelling a timer for each, the largest single cost the library added to asyncpg's
+    on its hot paths (benchmarks/RESULTS.md). Here a unit of work is noted when it starts and
+    forgotten when it ends, and one timer, armed for the earliest deadline, terminates the
+    connection of a unit still running past its own: the unit then fails as one whose
+    connection was lost (`Unavailable`; a read is retried once on a fresh connection).
+    """
+
+    __slots__ = ("_loop", "_running", "_timer", "_timer_at")
+
+    def __init__(self) -> None:
+        self._running: set[_Watch] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def start(self, connection: Connection, seconds: float) -> _Watch:
+        """Watch a unit of work on `connection` for `seconds` from now."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (asyncio.run again): start afresh
+            self._loop, self._running, self._timer, self._timer_at = loop, set(), None, math.inf
+        watch = _Watch(connection, loop.time() + seconds)
+        self._running.add(watch)
+        if watch.deadline < self._timer_at:
+            self._arm(loop, watch.deadline)
+        return watch
+
+    def end(self, watch: _Watch) -> None:
+        """The unit of work ended (the timer, if it fires, finds nothing to do)."""
+        self._running.discard(watch)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._expire, loop)
+        self._timer_at = at
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Terminate the connections of the units past their deadline; arm for the next."""
+        if loop is not self._loop:
+            return  # a timer of an event loop this database no longer runs on
+        self._timer, self._timer_at = None, math.inf
+        now = loop.time()
+        for watch in [watch for watch in self._running if watch.deadline <= now]:
+            self._running.discard(watch)
+            watch.expired = True
+            if not _closed(watch.connection):
+                watch.connection.terminate()
+        if self._running:
+            self._arm(loop, min(watch.deadline for watch in self._running))
 
 
 def _closed(connection: Connection) -> bool:

@@ -70,8 +70,8 @@ def local_timeouts(settings: Settings) -> str:
 
     Single-statement units of work (autocommit) cannot carry them without two more round
     trips: they get the role's or database's defaults (`ALTER ROLE ... SET`), which start-up
-    compares with the settings (`tutorials.db.budget.check_timeouts`), and asyncpg's client-side
-    `command_timeout`.
+    compares with the settings (`tutorials.db.budget.check_timeouts`), and the client-side
+    deadline of every unit of work (`unit_deadline`).
     """
     if not settings.pgbouncer:
         return ""
@@ -87,22 +87,35 @@ _LEVELS = {
 }
 
 
-def connect_options(url: DatabaseUrl, settings: Settings) -> dict[str, Any]:
+def unit_deadline(settings: Settings) -> float | None:
+    """The client-side deadline, in seconds, just past the server's `statement_timeout` (None
+    when that is off). When the network dies under an open connection the server cannot
+    cancel anything, and only a deadline of the client's own stops the wait (else the OS's TCP
+    timeout, about 15 minutes). It also holds behind PgBouncer, where startup parameters such
+    as `statement_timeout` are refused."""
+    if settings.statement_timeout_ms <= 0:
+        return None
+    return settings.statement_timeout_ms / 1000 + 1
+
+
+def connect_options(
+    url: DatabaseUrl, settings: Settings, *, per_statement_deadline: bool = True
+) -> dict[str, Any]:
     """Keyword arguments for `asyncpg.connect`, the same for every connection we open.
 
     - `timeout`: a connect that does not complete in time fails (503), never hangs.
-    - `command_timeout`: a client-side deadline just past the server's `statement_timeout`.
-      When the network dies under an open connection the server cannot cancel anything, and
-      only this stops the wait (else the OS's TCP timeout, about 15 minutes). It also holds
-      behind PgBouncer, where startup parameters such as `statement_timeout` are refused.
+    - `command_timeout`: `unit_deadline`, for each statement, unless `per_statement_deadline`
+      is false: the service's pool (`create_pool`), whose units of work `Database` watches
+      as wholes instead, with one timer for all of them.
     - behind PgBouncer (transaction mode), no named prepared statements
       (`statement_cache_size=0` makes asyncpg use unnamed ones) and of the startup parameters
       only `application_name`, the one PgBouncer passes on (it refuses the others): see
       `begin_statement` and `tutorials.db.budget.check_timeouts` for what replaces them.
     """
     options: dict[str, Any] = {"timeout": settings.connect_timeout}
-    if settings.statement_timeout_ms > 0:
-        options["command_timeout"] = settings.statement_timeout_ms / 1000 + 1
+    deadline = unit_deadline(settings)
+    if deadline is not None and per_statement_deadline:
+        options["command_timeout"] = deadline
     if settings.pgbouncer:
         options["statement_cache_size"] = 0
         options["server_settings"] = {"application_name": settings.application_name}
@@ -126,14 +139,15 @@ async def create_pool(
     url: DatabaseUrl, settings: Settings, *, max_size: int | None = None
 ) -> asyncpg.Pool[Any]:
     """asyncpg's pool for the service: `pool_size` connections at most (opened on demand),
-    idle ones closed after `pool_recycle` seconds, no reset round trip on release."""
+    idle ones closed after `pool_recycle` seconds, no reset round trip on release, and no
+    timer per statement: `Database` gives each unit of work its client-side deadline."""
     pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
         url.dsn,
         min_size=0,
         max_size=max_size or settings.pool_size,
         max_inactive_connection_lifetime=settings.pool_recycle,
         reset=_keep_session,
-        **connect_options(url, settings),
+        **connect_options(url, settings, per_statement_deadline=False),
     )
     return pool
 

@@ -221,6 +221,8 @@ class _Importer:
         self.on_progress = on_progress
         self.on_error = on_error
         self.timeout_ms = max(1, int(batch_timeout * 1000))
+        #: The client-side deadline of a batch's unit of work, just past the server's.
+        self.batch_deadline = batch_timeout + 1
         self.summary = ImportSummary()
         #: Whether the next batch tries the fast path (see `write`).
         self.direct = True
@@ -377,7 +379,7 @@ class _Importer:
             )
 
         try:
-            outcome = await self.database.transaction(work)
+            outcome = await self.database.transaction(work, deadline=self.batch_deadline)
         except (InvalidInput, Conflict) as exc:
             if direct and isinstance(exc, Conflict):
                 self.direct = False
@@ -452,7 +454,9 @@ async def import_rows(
     is; one given empty clears it. `on_progress` is called after each committed batch, `on_error`
     for every rejected row. Raises `InvalidInput` for bad arguments or an unreadable header, and
     `Unavailable` if the database fails (the batches committed before stay).
-    `batch_timeout` (seconds) bounds each statement of a batch and its waits for locks.
+    `batch_timeout` (seconds) bounds each statement of a batch and its waits for locks, and
+    the client waits for a batch at most that (and a second) before it gives up on the
+    connection.
     A batch is written at `batch_size` rows or `batch_bytes` characters of text, whichever
     comes first: two batches at most are held at once.
     """
