@@ -155,7 +155,8 @@ async def create_pool(
 def create_engine(url: DatabaseUrl, settings: Settings) -> AsyncEngine:
     """SQLAlchemy's `AsyncEngine` over asyncpg for ORM units of work (`get_session()`) and
     migrations: `session_pool_size` connections, with SQLAlchemy's own pre-ping and the same
-    connection defaults as the service's pool."""
+    connection defaults as the service's pool, but the client-side deadline per statement
+    (`command_timeout`): `Database` does not watch these units of work."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
     options = connect_options(url, settings)
