@@ -26,7 +26,7 @@ from tests.support import admin_execute, run_async
 from tutorials import repository
 from tutorials.db.database import Database
 from tutorials.db.embedded import EmbeddedPostgres
-from tutorials.db.engine import begin_statement, connect_options, local_timeouts
+from tutorials.db.engine import begin_statement, connect_options, local_timeouts, unit_deadline
 from tutorials.db.migrate import upgrade
 from tutorials.db.url import parse_database_url
 from tutorials.errors import Unavailable
@@ -211,6 +211,19 @@ def test_behind_pgbouncer_only_application_name_and_unnamed_statements() -> None
     assert bouncer["server_settings"] == {"application_name": "tutorials"}
     assert bouncer["statement_cache_size"] == 0
     assert bouncer["command_timeout"] == 16.0  # the client-side deadline still holds
+
+
+def test_the_client_side_deadline_is_per_statement_except_on_the_services_pool() -> None:
+    """The service's pool leaves it to `Database` (one deadline per unit of work); connections
+    opened elsewhere (ORM sessions, start-up checks) keep asyncpg's per-statement one."""
+    url = parse_database_url("postgresql://u@h/db")
+    settings = Settings(_env_file=None, statement_timeout_ms=2000)  # type: ignore[call-arg]
+    assert unit_deadline(settings) == 3.0
+    assert connect_options(url, settings)["command_timeout"] == 3.0
+    assert "command_timeout" not in connect_options(url, settings, per_statement_deadline=False)
+    off = Settings(_env_file=None, statement_timeout_ms=0)  # type: ignore[call-arg]
+    assert unit_deadline(off) is None
+    assert "command_timeout" not in connect_options(url, off)
 
 
 def test_behind_pgbouncer_transactions_begin_with_set_local_of_the_timeouts() -> None:
