@@ -125,14 +125,14 @@ def with_access_line(app: ASGIApp) -> ASGIApp:
     """`app`, writing the service's access line for each request (`write_access_line`, as
     `tutorials.api.middleware.RequestContextMiddleware` does, without its request id, metrics
     or default headers)."""
-    from tutorials.api.middleware import write_access_line
+    from tutorials.api.middleware import CLIENT_CLOSED, write_access_line
 
     async def logged(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         started_at = time.perf_counter()
-        status = 499
+        status = CLIENT_CLOSED
 
         async def send_status(message: Message) -> None:
             nonlocal status

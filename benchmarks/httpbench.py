@@ -288,7 +288,8 @@ def _servers(ctx: Context, database: str) -> tuple[Server, list[Server]]:
         if not k.startswith("TUTORIALS_") and k != "DATABASE_URL"
     }
     bare_argv = [sys.executable, "-m", "benchmarks.bare_app", "--dsn", dsn, "--port", "{port}"]
-    bare = Server(BARE, bare_argv, {**base_env, "PYTHONPATH": str(ROOT)})
+    bare_env = {**base_env, "PYTHONPATH": str(ROOT)}
+    bare = Server(BARE, bare_argv, bare_env)
     serve = [sys.executable, "-c", "from tutorials.cli import main; main()", "serve"]
     env = {
         **base_env,
@@ -304,11 +305,7 @@ def _servers(ctx: Context, database: str) -> tuple[Server, list[Server]]:
             env,
         ),
         Server(WORKERS, [*serve, "--port", "{port}", "--workers", "2"], env),
-        Server(
-            CEILING,
-            [*bare_argv, "--service-transport"],
-            {**base_env, "PYTHONPATH": str(ROOT)},
-        ),
+        Server(CEILING, [*bare_argv, "--service-transport"], bare_env),
     ]
     if ctx.only:
         services = [s for s in services if s.name == SHIPPED or any(w in s.name for w in ctx.only)]

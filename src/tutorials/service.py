@@ -338,9 +338,9 @@ async def restore(
             )
         return await sql.finish_restore(connection, statement_timeout)
 
-    # The client waits for the whole restore (which reads its input as it goes) at most its
-    # statement timeout and a second.
-    return await database.transaction(work, deadline=statement_timeout + 1)
+    # The client waits for the whole restore (which reads its input as it goes) as long as
+    # its statements may run, and a second more.
+    return await database.transaction(work, statement_timeout=statement_timeout)
 
 
 async def _backup_records(

@@ -147,7 +147,9 @@ async def test_only_the_units_past_their_deadline_are_given_up(
         database_url, settings, statement_timeout_ms=300, pool_size=4
     ) as database:
         slow = database.transaction(lambda c: _sleep(c, 30), local=_NO_SERVER_TIMEOUT)
-        longer = database.transaction(lambda c: _sleep(c, 2), local=_NO_SERVER_TIMEOUT, deadline=10)
+        longer = database.transaction(
+            lambda c: _sleep(c, 2), local=_NO_SERVER_TIMEOUT, statement_timeout=9
+        )
         quick = [database.read(lambda c: c.fetchval("SELECT 1")) for _ in range(2)]
         outcomes = await asyncio.gather(slow, longer, *quick, return_exceptions=True)
         assert isinstance(outcomes[0], Unavailable)

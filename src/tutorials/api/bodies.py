@@ -30,11 +30,11 @@ from typing import Any
 from fastapi import Request
 from pydantic import ConfigDict, field_validator
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tutorials import schemas
+from tutorials.api.middleware import BODY_METHODS
 from tutorials.api.problems import InvalidRequest, problem_response
 from tutorials.errors import FieldError
 
@@ -139,19 +139,11 @@ def parse_json(raw: bytes) -> object:
         raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
 
 
-#: Methods whose body a route reads.
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def _declares_json(scope: Scope) -> bool:
+def _reads_as_json(request: Request) -> bool:
     """Whether FastAPI will read this body as JSON: a Content-Type of `application/json` or
     `application/*+json`. Other types are left to the route's `json_body` dependency (415)."""
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            kind, _, subtype = media_type.partition(b"/")
-            return kind == b"application" and (subtype == b"json" or subtype.endswith(b"+json"))
-    return False
+    kind, _, subtype = _declared_type(request)[0].partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 class StrictJsonMiddleware:
@@ -172,13 +164,15 @@ class StrictJsonMiddleware:
         self.routes = tuple(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        target = None
-        if scope["type"] == "http" and scope["method"] in _BODY_METHODS and _declares_json(scope):
-            target = self._target(scope)
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        target = self._target(scope) if _reads_as_json(request) else None
         if target is None:
             await self.app(scope, receive, send)
             return
-        body = await _whole_body(receive)
+        body = await request.body()  # `ClientDisconnect` if the client leaves first
         try:
             if body:
                 parse_json(body)
@@ -199,18 +193,6 @@ class StrictJsonMiddleware:
             if match is Match.FULL:
                 return child_scope
         return None
-
-
-async def _whole_body(receive: Receive) -> bytes:
-    """The request's body, all of it (`ClientDisconnect` if the client leaves first)."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -218,7 +218,7 @@ class BodyTimeout(HTTPException):
 
 
 #: Methods whose bodies we read; a declared Content-Length over the limit is refused up front.
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class BodyLimitMiddleware:
@@ -247,7 +247,7 @@ class BodyLimitMiddleware:
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             # Other methods' bodies are never read, so there is nothing to guard.
             await self.app(scope, receive, send)
             return

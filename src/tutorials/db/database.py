@@ -68,6 +68,7 @@ import asyncpg
 from tutorials.db import consistency
 from tutorials.db.engine import (
     begin_statement,
+    client_deadline,
     create_engine,
     create_pool,
     local_timeouts,
@@ -233,17 +234,19 @@ class Database:
         readonly: bool = False,
         isolation: Isolation = "read_committed",
         local: Mapping[str, str] | None = None,
-        deadline: float | None = None,
+        statement_timeout: float | None = None,
     ) -> T:
         """Run `work` in one transaction: committed when it returns, rolled back if it raises.
 
         `local`: server settings for this transaction only (`SET LOCAL`), sent with its BEGIN
         at no extra round trip; names and values are the caller's own constants, never input.
-        `deadline`: seconds the whole unit of work may take on its connection, for work longer
-        than a request's (an import's batch, a restore); default `unit_deadline`.
+        `statement_timeout`: the seconds this work's statements run under on the server, when
+        they are not the settings' (an import's batch, a restore): the client then waits for the
+        whole unit that and `DEADLINE_MARGIN` more, instead of `unit_deadline`.
         A read-only transaction may run on a replica (see the module docstring).
         """
         sets = "".join(f"; SET LOCAL {name} = {value}" for name, value in (local or {}).items())
+        deadline = None if statement_timeout is None else client_deadline(statement_timeout)
         if self.replicas is not None:
             if readonly:
                 return await self._routed(work, (isolation, True, sets), deadline)
@@ -259,15 +262,16 @@ class Database:
         *,
         readonly: bool = True,
         isolation: Isolation = "repeatable_read",
-        deadline: float | None = None,
+        statement_timeout: float | None = None,
     ) -> T:
         """`transaction` for long work (an export a client reads), within the stream budget.
 
         At most `stream_connections` streams hold connections at once; one more waits for a
         turn at most `pool_timeout` seconds, then `Unavailable`. A read-only stream may run on
-        a replica; the streams it starts then run on the same one. `deadline` as for
-        `transaction`: long work gives its own.
+        a replica; the streams it starts then run on the same one. `statement_timeout` as
+        for `transaction`: long work gives its own.
         """
+        deadline = None if statement_timeout is None else client_deadline(statement_timeout)
         if self.replicas is not None and readonly:
             pinned = _PINNED.get()
             replica = pinned or self.replicas.choose(consistency.required())

@@ -87,6 +87,17 @@ _LEVELS = {
 }
 
 
+#: How much longer than the server's statement timeout the client waits for a unit of work: the
+#: server's own timeout, when it can act, answers first with its precise error.
+DEADLINE_MARGIN = 1.0
+
+
+def client_deadline(statement_timeout: float) -> float:
+    """The client-side deadline of a unit of work whose statements run under
+    `statement_timeout` seconds on the server."""
+    return statement_timeout + DEADLINE_MARGIN
+
+
 def unit_deadline(settings: Settings) -> float | None:
     """The client-side deadline, in seconds, just past the server's `statement_timeout` (None
     when that is off). When the network dies under an open connection the server cannot
@@ -95,7 +106,7 @@ def unit_deadline(settings: Settings) -> float | None:
     as `statement_timeout` are refused."""
     if settings.statement_timeout_ms <= 0:
         return None
-    return settings.statement_timeout_ms / 1000 + 1
+    return client_deadline(settings.statement_timeout_ms / 1000)
 
 
 def connect_options(

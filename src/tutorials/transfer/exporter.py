@@ -230,8 +230,6 @@ async def _export(
     """One export; `jobs` > 1 may split it into that many COPY streams (see the module), at
     most as many as the database's streaming budget (`Database.stream_connections`)."""
     timeout_ms = max(1, int(statement_timeout * 1000))
-    # each stream's client-side deadline, just past its COPY's statement timeout
-    deadline = statement_timeout + 1
     streams = _Streams()
     jobs = min(jobs, database.stream_connections)
 
@@ -270,7 +268,7 @@ async def _export(
                 await sql.prepare_export(other, timeout_ms, snapshot=snapshot)
                 return await copy(other, to_spill, ids, header=False)
 
-            return await database.stream(part, deadline=deadline)
+            return await database.stream(part, statement_timeout=statement_timeout)
 
         with ExitStack() as stack:
             spills = [stack.enter_context(_spill_file(spill_dir)) for _ in ranges[1:]]
@@ -288,7 +286,7 @@ async def _export(
         return sum(counts)
 
     try:
-        return await database.stream(whole, deadline=deadline)
+        return await database.stream(whole, statement_timeout=statement_timeout)
     except Exception as exc:
         # A COPY stopped by its sink (a full disk, a client gone) closed its connection, so
         # what surfaces here is a lost connection; the sink's own failure is the real story.

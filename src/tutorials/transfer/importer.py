@@ -220,9 +220,8 @@ class _Importer:
         self.max_errors = max_errors
         self.on_progress = on_progress
         self.on_error = on_error
+        self.batch_timeout = batch_timeout
         self.timeout_ms = max(1, int(batch_timeout * 1000))
-        #: The client-side deadline of a batch's unit of work, just past the server's.
-        self.batch_deadline = batch_timeout + 1
         self.summary = ImportSummary()
         #: Whether the next batch tries the fast path (see `write`).
         self.direct = True
@@ -379,7 +378,7 @@ class _Importer:
             )
 
         try:
-            outcome = await self.database.transaction(work, deadline=self.batch_deadline)
+            outcome = await self.database.transaction(work, statement_timeout=self.batch_timeout)
         except (InvalidInput, Conflict) as exc:
             if direct and isinstance(exc, Conflict):
                 self.direct = False
