@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -73,8 +74,65 @@ def pg_bindir() -> Path:
     return wheel().bin_dir
 
 
+#: The lowest port `free_port` hands out: above the services this machine runs (5432, 5672,
+#: 6379, ...) and, up to the kernel's ephemeral range, below every port an outgoing connection
+#: can take as its source.
+LOWEST_TEST_PORT = 20000
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel gives to outgoing connections and to `bind(0)` (Linux's default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def worker_port_range() -> range:
+    """This test process's own slice of the ports below the ephemeral range.
+
+    Each pytest-xdist worker draws from its own slice, so two workers never pick the same port.
+    If the ephemeral range leaves too little room below it, the slice is empty and
+    `free_port` falls back on `bind(0)`.
+    """
+    top = ephemeral_port_range()[0]
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(name[2:]) if name[2:].isdigit() else 0
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    span = max(0, top - LOWEST_TEST_PORT) // count
+    start = LOWEST_TEST_PORT + min(index, count - 1) * span
+    return range(start, start + span) if span >= 100 else range(0)
+
+
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (the one helper every test uses)."""
+    """A loopback TCP port nobody uses right now and nobody is likely to take before a server
+    binds it (the one helper every test uses).
+
+    Not `bind(0)`: that port comes from the ephemeral range, the same one the kernel hands to
+    outgoing connections, and the suite opens thousands of them. A server that binds its port
+    a minute after the pick (a Patroni replica starts its postmaster after its base backup)
+    then found it taken as some client's source port: "could not bind ... Address already in
+    use". Ports below the ephemeral range are never taken that way.
+    """
+    ports = worker_port_range()
+    for _ in range(200 if ports else 0):
+        port = random.choice(ports)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
