@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -107,13 +107,20 @@ def begin(read_after: int | None = None) -> Position:
     return position
 
 
-@contextmanager
-def reading_after(lsn: str | int | None, *, field: str = "after_lsn") -> Iterator[None]:
+def reading_after(
+    lsn: str | int | None, *, field: str = "after_lsn"
+) -> AbstractContextManager[None]:
     """Within the block, reads see at least everything committed at `lsn` (a string as a write
-    returned it, or its integer); None changes nothing."""
-    if lsn is None:
-        yield
-        return
+    returned it, or its integer); None changes nothing (and costs nothing: the library's every
+    read passes through here)."""
+    return _NOTHING if lsn is None else _reading_after(lsn, field)
+
+
+_NOTHING = nullcontext()
+
+
+@contextmanager
+def _reading_after(lsn: str | int, field: str) -> Iterator[None]:
     wanted = parse_lsn(lsn, field=field) if isinstance(lsn, str) else lsn
     current = _POSITION.get()
     position = Position(
