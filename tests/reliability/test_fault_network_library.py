@@ -11,6 +11,7 @@ on asyncpg's pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -201,3 +202,49 @@ async def test_dead_network_in_the_middle_of_a_transaction(
         )
         == 0
     )
+
+
+async def test_dead_network_while_the_pool_closes_a_connection_at_release(
+    private_db: PrivateDb, figures: Figures
+) -> None:
+    """The unit of work succeeded, then the pool closes its connection at release (as it does
+    after `max_queries`, or after `expire_connections`) with the network gone: the goodbye gets
+    no answer. The unit's own deadline ends that wait, and the caller gets its result."""
+    database = _database(private_db)
+    cut = contextlib.ExitStack()
+    try:
+        await database.read(lambda connection: connection.fetchval("SELECT 1"))
+        pool = database._primary.pool  # asyncpg's pool, told to close connections at release
+        assert pool is not None
+
+        async def work(connection: Connection) -> object:
+            value = await connection.fetchval("SELECT 41 + 1")
+            await pool.expire_connections()
+            cut.enter_context(dropped_packets(private_db.cluster.port))
+            return value
+
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(HANG):
+                value = await database.read(work)
+        finally:
+            returned_after = time.monotonic() - started
+            cut.close()
+        recovery = await _recovers(database, 15)
+        opened, idle, _ = database.pool_stats()
+    finally:
+        cut.close()
+        await database.dispose()
+    figures(
+        face="library",
+        fault="iptables DROP while the pool closes a connection at release",
+        sent=1,
+        faults_injected=1,
+        returned_ms=ms(returned_after),
+        deadline_ms=ms(DEADLINE),
+        recovery_ms=ms(recovery),
+    )
+    assert value == 42
+    assert returned_after <= DEADLINE
+    assert recovery is not None
+    assert opened == idle, "a connection was never given back"

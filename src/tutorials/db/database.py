@@ -576,10 +576,13 @@ class Database:
 async def _release(pool: asyncpg.Pool[Any], connection: Connection, bound: float) -> None:
     """Give a connection back, waiting at most `bound` seconds for a cancelled statement to stop.
 
-    Without a bound, a cancellation that cannot reach a dead server keeps the release (and the
-    pool slot) waiting for the operating system's TCP timeout on some asyncpg releases. When the
-    bound is reached asyncpg closes the connection itself, and the pool opens a new one later:
-    nothing for the caller to do.
+    Without a bound, on a dead network, the release (and the pool slot) would wait for the
+    operating system's TCP timeout: for a cancellation that cannot reach the server, or for the
+    server's goodbye when the pool closes the connection rather than keep it (`max_queries`
+    reached, `expire_connections`). The unit's own deadline cannot end that wait on every
+    asyncpg release this project admits (terminating the connection does not on 0.31), so the
+    bound stays. When it is reached asyncpg closes the connection itself, and the pool opens a
+    new one later: nothing for the caller to do.
     """
     with contextlib.suppress(TimeoutError, asyncpg.InterfaceError, OSError):
         await pool.release(connection, timeout=bound)
