@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from tutorials.db.embedded.listen import port_is_free
 from tutorials.db.url import parse_database_url
 
 T = TypeVar("T")
@@ -108,15 +109,6 @@ def worker_port_range() -> range:
 _handed_out: set[int] = set()
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port() -> int:
     """A loopback TCP port nobody uses right now and nobody is likely to take before a server
     binds it (the one helper every test uses).
@@ -130,7 +122,7 @@ def free_port() -> int:
     ports = worker_port_range()
     for _ in range(200 if ports else 0):
         port = random.choice(ports)
-        if port not in _handed_out and _bindable(port):
+        if port not in _handed_out and port_is_free(port):
             _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

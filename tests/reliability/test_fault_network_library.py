@@ -209,7 +209,8 @@ async def test_dead_network_while_the_pool_closes_a_connection_at_release(
 ) -> None:
     """The unit of work succeeded, then the pool closes its connection at release (as it does
     after `max_queries`, or after `expire_connections`) with the network gone: the goodbye gets
-    no answer. The unit's own deadline ends that wait, and the caller gets its result."""
+    no answer. The release's bound (the connect timeout, `_release`) ends that wait, and the
+    caller gets its result."""
     database = _database(private_db)
     cut = contextlib.ExitStack()
     try:
@@ -233,7 +234,6 @@ async def test_dead_network_while_the_pool_closes_a_connection_at_release(
         recovery = await _recovers(database, 15)
         opened, idle, _ = database.pool_stats()
     finally:
-        cut.close()
         await database.dispose()
     figures(
         face="library",

@@ -111,8 +111,8 @@ def reading_after(
     lsn: str | int | None, *, field: str = "after_lsn"
 ) -> AbstractContextManager[None]:
     """Within the block, reads see at least everything committed at `lsn` (a string as a write
-    returned it, or its integer); None changes nothing (and costs nothing: the library's every
-    read passes through here)."""
+    returned it, or its integer); None changes nothing, at next to no cost
+    (a shared `nullcontext`: every library read without an LSN passes through here)."""
     return _NOTHING if lsn is None else _reading_after(lsn, field)
 
 
