@@ -75,7 +75,7 @@ async def _drive(
         await asyncio.sleep(LOAD_BEFORE)
         fault_at = time.monotonic()
         await inject()
-        await prober.wait_back(deadline - time.monotonic())
+        await prober.wait_back(fault_at, deadline - time.monotonic())
         await asyncio.sleep(LOAD_AFTER)
     finally:
         stop.set()

@@ -69,7 +69,7 @@ async def _drive(
         fault_at = time.monotonic()
         await inject()
         # Let the load run on until the server is back and for a while after.
-        await prober.wait_back(deadline - time.monotonic())
+        await prober.wait_back(fault_at, deadline - time.monotonic())
         await asyncio.sleep(LOAD_AFTER)
     finally:
         stop.set()
