@@ -48,7 +48,7 @@ from typing import Any
 
 import asyncpg
 
-from benchmarks.core import SHORT, Context, Table, admin_url_from_env, median
+from benchmarks.core import SHORT, Context, Table, admin_url_from_env, median, psql_binary
 
 NAME = "bulk"
 
@@ -158,7 +158,7 @@ async def checksum(dsn: str) -> tuple[int, str]:
 
 
 def psql(dsn: str, command: str) -> Run:
-    return timed(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", command])
+    return timed([psql_binary(), "-X", "-q", "-v", "ON_ERROR_STOP=1", dsn, "-c", command])
 
 
 def our_env(dsn: str, source: Path | None = None) -> dict[str, str]:
@@ -202,10 +202,6 @@ async def measure(
     export_only: bool = False,
     before: Path | None = None,
 ) -> list[Table]:
-    if shutil.which("psql") is None:
-        from benchmarks.run import Skipped
-
-        raise Skipped("psql is not installed")
     directory = Path(tempfile.mkdtemp(prefix="tutorials-bulk-"))
     try:
         log(f"bulk: generating {rows:,} rows ({urlless:.0%} without url)")

